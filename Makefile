@@ -1,0 +1,47 @@
+# The README's two commands: `make demo` and `make test`. Each does its own (idempotent) setup.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.nucleate-setup
+
+# offline, no telemetry (Prefect, DVC, Hugging Face, Label Studio)
+export HF_HUB_OFFLINE := 1
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DVC_NO_ANALYTICS := 1
+export PREFECT_HOME := $(CURDIR)/.prefect
+
+.PHONY: setup demo test lint clean
+.DEFAULT_GOAL := help
+
+help:
+	@echo "make demo   # set up, then sample data -> ingest -> summary"
+	@echo "make test   # set up, then run the test suite (CI runs this)"
+
+setup: $(STAMP)
+
+# torch first: on a CPU machine (no nvidia-smi) the local 2.13.0 CPU wheel, never the multi-GB CUDA build.
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q -U pip
+	command -v nvidia-smi >/dev/null || $(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps mnfinder==1.2.3
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/nucleate params check params.yaml
+	$(VENV)/bin/nucleate sample-data --out storage/sample
+	$(VENV)/bin/nucleate ingest storage/sample/images --manifest storage/manifest.parquet
+	$(VENV)/bin/nucleate summary --manifest storage/manifest.parquet --points storage/sample/points.parquet
+
+# pytest exits 5 when no test ran: that is a failure here.
+test: setup
+	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "error: no tests ran" >&2; exit 1; fi; exit $$rc
+
+lint: setup
+	$(VENV)/bin/ruff check src tasks flows tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

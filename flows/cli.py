@@ -1,0 +1,53 @@
+"""The ``nucleate`` console script: one sub-command per stage, plus project utilities.
+
+Stage commands are defined next to their stage (``tasks.<stage>.command``) and registered here, so
+``nucleate ingest``, ``python -m tasks.ingest`` and the DVC stage run the same code with the same flags.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from tasks import ingest, sample_data, summary
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="nucleate: train a nuclei segmenter from one click per nucleus on a few well-chosen images per round.",
+)
+params_app = typer.Typer(no_args_is_help=True, help="Inspect and validate params.yaml.")
+app.add_typer(params_app, name="params")
+
+app.command("sample-data")(sample_data.command)
+app.command("ingest")(ingest.command)
+app.command("summary")(summary.command)
+
+
+@params_app.command("check")
+def params_check(
+    path: Path = typer.Argument(Path("params.yaml"), help="params file to validate."),
+) -> None:
+    """Validate a params file: unknown keys, wrong types and out-of-range values, one line each."""
+    from nucleate.config import ParamsError, load_params
+
+    try:
+        load_params(path)
+    except FileNotFoundError:
+        typer.echo(f"error: {path}: file not found", err=True)
+        raise typer.Exit(1) from None
+    except ParamsError as exc:
+        for line in exc.problems:
+            typer.echo(f"{path}: {line}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{path}: ok")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

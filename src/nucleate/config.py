@@ -1,0 +1,240 @@
+"""Hyper-parameters: ``params.yaml`` loaded into frozen dataclasses, validated with key paths.
+
+Every section of ``params.yaml`` is a frozen dataclass below. A field's ``metadata`` may carry
+``min`` / ``max`` (inclusive bounds), ``gt`` (exclusive lower bound) and ``choices``. Loading
+reports *every* problem at once, one line each, always starting with the dotted key path::
+
+    select.budgett: unknown key; did you mean select.budget?
+    train.lr: must be > 0, got -0.1
+
+Paths live in ``dvc.yaml``, secrets in the environment; neither belongs here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "Params",
+    "ParamsError",
+    "load_params",
+    "params_from_dict",
+]
+
+
+class ParamsError(ValueError):
+    """One or more problems in a params file; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str], source: str = "params"):
+        self.problems = problems
+        self.source = source
+        super().__init__(f"{source}: {len(problems)} problem(s)\n" + "\n".join(problems))
+
+
+def _f(default: Any, **meta: Any) -> Any:
+    """A dataclass field with validation metadata (``min``, ``max``, ``gt``, ``choices``)."""
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class TeacherParams:
+    """Vision-language teacher that scores every pool image (stage ``teacher``)."""
+
+    backend: str = _f("conse", choices=("conse", "clip", "file"))
+    model: str | None = _f(None)  # hub id or local directory (``clip``); None = backend default
+    templates: tuple[str, ...] = _f(("a fluorescence microscopy image of {}.",))
+    device: str = _f("auto", choices=("auto", "cpu", "cuda"))
+    batch_size: int = _f(16, min=1, max=4096)  # images per forward pass
+
+
+@dataclass(frozen=True)
+class SelectParams:
+    """Active-learning selection of the images to annotate next (stage ``select``)."""
+
+    strategy: str = _f(
+        "pcoreset",
+        choices=("pcoreset", "random", "entropy", "margin", "coreset", "class_balanced", "badge"),
+    )
+    budget: int = _f(5, min=1)  # images sent to annotators per round
+    space: str = _f("teacher", choices=("teacher", "student"))  # whose probabilities are covered
+
+
+@dataclass(frozen=True)
+class LabelStudioParams:
+    """Annotation rounds in Label Studio; URL and token come from the environment, never from here."""
+
+    project_title: str = _f("nucleate nuclei")
+    point_radius_pct: float = _f(0.6, gt=0.0, max=10.0)  # keypoint marker size, percent of image width
+
+
+@dataclass(frozen=True)
+class PseudomaskParams:
+    """Points -> training masks (stage ``pseudomasks``)."""
+
+    method: str = _f("voronoi_cluster", choices=("voronoi", "cluster", "voronoi_cluster"))
+    nucleus_radius_px: float = _f(6.0, gt=0.0, max=500.0)  # typical nucleus radius in pixels
+    min_gold_dice: float = _f(0.5, min=0.0, max=1.0)  # QC gate on gold images
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """Student U-Net training (stage ``train``)."""
+
+    epochs: int = _f(40, min=1, max=100_000)
+    batch_size: int = _f(8, min=1, max=1024)
+    lr: float = _f(1e-3, gt=0.0, max=1.0)  # Adam learning rate
+    patch_px: int = _f(256, min=32, max=4096)  # square training crop, pixels
+    device: str = _f("auto", choices=("auto", "cpu", "cuda"))
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """Evaluation against full ground truth (stage ``evaluate``)."""
+
+    iou_threshold: float = _f(0.5, min=0.5, max=1.0)  # PQ matching; > 0.5 keeps matches unique
+    match_radius_px: float = _f(6.0, gt=0.0)  # detection F1: max centroid distance, pixels
+
+
+@dataclass(frozen=True)
+class Params:
+    """All hyper-parameters; one attribute per top-level key of ``params.yaml``."""
+
+    seed: int = _f(0, min=0, max=2**32 - 1)
+    classes: tuple[str, ...] = _f(("nucleus", "micronucleus", "background"))
+    teacher: TeacherParams = field(default_factory=TeacherParams)
+    select: SelectParams = field(default_factory=SelectParams)
+    labelstudio: LabelStudioParams = field(default_factory=LabelStudioParams)
+    pseudomask: PseudomaskParams = field(default_factory=PseudomaskParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+
+
+def load_params(path: str | Path) -> Params:
+    """Read ``params.yaml`` at ``path`` and return validated, frozen :class:`Params`.
+
+    Missing keys take the defaults above. Raises :class:`ParamsError` listing every unknown key,
+    wrong type and out-of-range value by dotted key path, and ``FileNotFoundError`` for a missing file.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ParamsError([f"<file>: not valid YAML: {exc}"], source=str(path)) from None
+    return params_from_dict({} if raw is None else raw, source=str(path))
+
+
+def params_from_dict(raw: Any, source: str = "params") -> Params:
+    """Validate a mapping shaped like ``params.yaml`` and build :class:`Params`."""
+    problems: list[str] = []
+    value = _build(Params, raw, "", problems)
+    if problems:
+        raise ParamsError(problems, source=source)
+    return value
+
+
+def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
+    where = prefix.rstrip(".") or "<top level>"
+    if not isinstance(raw, dict):
+        problems.append(f"{where}: expected a mapping of keys, got {_show(raw)}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            hint = difflib.get_close_matches(str(key), list(fields), n=1)
+            advice = f"; did you mean {prefix}{hint[0]}?" if hint else f"; known keys: {', '.join(fields)}"
+            problems.append(f"{prefix}{key}: unknown key{advice}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in raw:
+            continue
+        path = f"{prefix}{name}"
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            kwargs[name] = _build(kind, raw[name], path + ".", problems)
+            continue
+        ok, value = _coerce(kind, raw[name])
+        if not ok:
+            problems.append(f"{path}: expected {_type_name(kind)}, got {_show(raw[name])}")
+            continue
+        message = _check_range(value, f.metadata)
+        if message:
+            problems.append(f"{path}: {message}")
+            continue
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _coerce(kind: Any, value: Any) -> tuple[bool, Any]:
+    """Return (ok, value converted to ``kind``); bools are never accepted as numbers."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(kind):
+            return True, None
+        inner = [a for a in typing.get_args(kind) if a is not type(None)]
+        return _coerce(inner[0], value)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            return False, value
+        (item,) = {a for a in typing.get_args(kind) if a is not Ellipsis}
+        converted = [_coerce(item, v) for v in value]
+        if not all(ok for ok, _ in converted):
+            return False, value
+        return True, tuple(v for _, v in converted)
+    if kind is bool:
+        return isinstance(value, bool), value
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if kind is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return True, float(value)
+        return False, value
+    if kind is str:
+        return isinstance(value, str), value
+    raise TypeError(f"unsupported params type {kind!r}")  # pragma: no cover - programming error
+
+
+def _check_range(value: Any, meta: typing.Mapping[str, Any]) -> str | None:
+    if value is None:
+        return None
+    if "choices" in meta and value not in meta["choices"]:
+        return f"must be one of {', '.join(map(str, meta['choices']))}; got {value!r}"
+    if isinstance(value, tuple):
+        if not value:
+            return "must not be empty"
+        if len(set(value)) != len(value):
+            return f"has duplicate entries: {list(value)}"
+        return None
+    if "gt" in meta and not value > meta["gt"]:
+        return f"must be > {meta['gt']}, got {value}"
+    if "min" in meta and value < meta["min"]:
+        return f"must be >= {meta['min']}, got {value}"
+    if "max" in meta and value > meta["max"]:
+        return f"must be <= {meta['max']}, got {value}"
+    return None
+
+
+def _type_name(kind: Any) -> str:
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(kind) if a is not type(None)]
+        return f"{_type_name(inner[0])} or null"
+    if origin is tuple:
+        (item,) = {a for a in typing.get_args(kind) if a is not Ellipsis}
+        return f"a list of {_type_name(item)}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[kind]
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"

@@ -1,0 +1,294 @@
+"""Parquet tables exchanged between stages: explicit pyarrow schemas, validated reads, atomic writes.
+
+Kinds (see DESIGN.md, "Data contracts"):
+
+* ``manifest`` — one row per pool image. ``path`` is relative to the folder that was ingested
+  (stored in the schema metadata as ``root``); ``width``/``height`` in pixels.
+* ``teacher_probs`` — one row per image; ``probs`` has one float32 per class, rows sum to 1.
+  Schema metadata: ``classes`` (JSON list) and ``teacher_id``.
+* ``selection`` — the images picked in a round, ``rank`` 0 first.
+* ``points`` — one clicked (or ground-truth) nucleus centre per row. ``x`` = column, ``y`` = row,
+  float64 pixels, origin at the top-left corner of the top-left pixel (its centre is (0.5, 0.5)).
+* ``pseudomask_index`` — one row per image with a pseudo-mask, paths relative to the index file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from nucleate.io.atomic import atomic_path
+
+__all__ = [
+    "SCHEMAS",
+    "SPLITS",
+    "ORIGINS",
+    "TableError",
+    "read_table",
+    "write_table",
+    "validate_table",
+    "empty_table",
+    "table_metadata",
+    "probs_table",
+    "probs_array",
+]
+
+SPLITS = ("pool", "gold", "test")
+#: ``manual`` = clicked by a person; ``prediction`` = a pre-annotation the person accepted;
+#: ``ground_truth`` = centroid of a full ground-truth mask (sample data, simulated annotator).
+ORIGINS = ("manual", "prediction", "ground_truth")
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "manifest": pa.schema(
+        [
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("path", pa.string(), nullable=False),
+            pa.field("width", pa.int32(), nullable=False),
+            pa.field("height", pa.int32(), nullable=False),
+            pa.field("channels", pa.int8(), nullable=False),
+            pa.field("dtype", pa.string(), nullable=False),
+            pa.field("split", pa.string(), nullable=False),
+            pa.field("bytes", pa.int64(), nullable=False),
+        ]
+    ),
+    "teacher_probs": pa.schema(
+        [
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("probs", pa.list_(pa.float32()), nullable=False),
+        ]
+    ),
+    "selection": pa.schema(
+        [
+            pa.field("round", pa.int32(), nullable=False),
+            pa.field("rank", pa.int32(), nullable=False),
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("strategy", pa.string(), nullable=False),
+            pa.field("min_distance", pa.float64(), nullable=True),
+        ]
+    ),
+    "points": pa.schema(
+        [
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("x", pa.float64(), nullable=False),
+            pa.field("y", pa.float64(), nullable=False),
+            pa.field("label", pa.string(), nullable=False),
+            pa.field("annotator", pa.string(), nullable=False),
+            pa.field("task_id", pa.int64(), nullable=True),
+            pa.field("annotation_id", pa.int64(), nullable=True),
+            pa.field("round", pa.int32(), nullable=False),
+            pa.field("origin", pa.string(), nullable=False),
+            pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        ]
+    ),
+    "pseudomask_index": pa.schema(
+        [
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("semantic_path", pa.string(), nullable=False),
+            pa.field("instances_path", pa.string(), nullable=False),
+            pa.field("method", pa.string(), nullable=False),
+            pa.field("n_points", pa.int32(), nullable=False),
+            pa.field("n_instances", pa.int32(), nullable=False),
+        ]
+    ),
+}
+
+_ENUMS: dict[str, dict[str, tuple[str, ...]]] = {
+    "manifest": {"split": SPLITS},
+    "points": {"origin": ORIGINS},
+}
+_UNIQUE: dict[str, tuple[str, ...]] = {
+    "manifest": ("image_id",),
+    "teacher_probs": ("image_id",),
+    "pseudomask_index": ("image_id",),
+}
+PROB_SUM_TOLERANCE = 1e-3
+
+
+class TableError(ValueError):
+    """A table file does not match its schema; the message names the file, column and row."""
+
+
+def _kind_schema(kind: str) -> pa.Schema:
+    try:
+        return SCHEMAS[kind]
+    except KeyError:
+        raise ValueError(f"unknown table kind {kind!r}; known: {', '.join(SCHEMAS)}") from None
+
+
+def empty_table(kind: str) -> pa.Table:
+    """A zero-row table of ``kind``."""
+    return _kind_schema(kind).empty_table()
+
+
+def table_metadata(table: pa.Table) -> dict[str, Any]:
+    """The nucleate metadata stored with a table (``classes``, ``teacher_id``, ``root``...), JSON-decoded."""
+    raw = table.schema.metadata or {}
+    out = {}
+    for key, value in raw.items():
+        key_s = key.decode()
+        if key_s.startswith("nucleate."):
+            out[key_s.removeprefix("nucleate.")] = json.loads(value)
+    return out
+
+
+def validate_table(kind: str, table: pa.Table, source: str = "<table>") -> pa.Table:
+    """Conform ``table`` to the ``kind`` schema (safe casts only) and check its values.
+
+    Returns the table with columns in schema order (extra columns kept after them) and the
+    original metadata. Raises :class:`TableError` naming ``source``, the column and the first bad row.
+    """
+    schema = _kind_schema(kind)
+    columns, fields = [], []
+    for f in schema:
+        if f.name not in table.column_names:
+            raise TableError(
+                f"{source}: {kind} table is missing column '{f.name}' ({f.type}); "
+                f"columns present: {', '.join(table.column_names) or 'none'}"
+            )
+        col = table.column(f.name)
+        if col.type != f.type:
+            try:
+                col = col.cast(f.type, safe=True)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                raise TableError(
+                    f"{source}: column '{f.name}' has type {col.type}, expected {f.type}"
+                ) from None
+        if not f.nullable and col.null_count:
+            row = int(np.flatnonzero(pc.is_null(col).to_numpy(zero_copy_only=False))[0])
+            raise TableError(f"{source}: column '{f.name}' is empty (null) at row {row}; it is required")
+        columns.append(col)
+        fields.append(f)
+    for name in table.column_names:
+        if name not in schema.names:
+            columns.append(table.column(name))
+            fields.append(table.schema.field(name))
+    out = pa.table(columns, schema=pa.schema(fields, metadata=table.schema.metadata))
+    _check_values(kind, out, source)
+    return out
+
+
+def _check_values(kind: str, table: pa.Table, source: str) -> None:
+    for name, allowed in _ENUMS.get(kind, {}).items():
+        bad = pc.invert(pc.is_in(table.column(name), value_set=pa.array(allowed)))
+        idx = np.flatnonzero(bad.to_numpy(zero_copy_only=False))
+        if idx.size:
+            row = int(idx[0])
+            raise TableError(
+                f"{source}: column '{name}' row {row} is {table.column(name)[row].as_py()!r}; "
+                f"allowed: {', '.join(allowed)}"
+            )
+    for name in _UNIQUE.get(kind, ()):
+        values = table.column(name).to_numpy(zero_copy_only=False)
+        uniq, first, counts = np.unique(values, return_index=True, return_counts=True)
+        if (counts > 1).any():
+            dup = uniq[counts > 1][0]
+            rows = np.flatnonzero(values == dup)[:2].tolist()
+            raise TableError(f"{source}: column '{name}' repeats {dup!r} (rows {rows[0]} and {rows[1]})")
+    if kind == "points":
+        for axis in ("x", "y"):
+            values = table.column(axis).to_numpy(zero_copy_only=False)
+            bad = ~np.isfinite(values)
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise TableError(f"{source}: column '{axis}' row {row} is {values[row]}; must be finite")
+    if kind == "teacher_probs":
+        _check_probs(table, source)
+
+
+def _check_probs(table: pa.Table, source: str) -> None:
+    probs = table.column("probs").combine_chunks()
+    lengths = pc.list_value_length(probs).to_numpy(zero_copy_only=False)
+    meta = table_metadata(table)
+    n_classes = len(meta["classes"]) if "classes" in meta else (int(lengths[0]) if len(lengths) else 0)
+    if (lengths != n_classes).any():
+        row = int(np.flatnonzero(lengths != n_classes)[0])
+        raise TableError(f"{source}: probs row {row} has {lengths[row]} values, expected {n_classes} (classes)")
+    if not len(lengths):
+        return
+    flat = probs.flatten().to_numpy(zero_copy_only=False).reshape(len(lengths), n_classes)
+    bad = ~np.isfinite(flat).all(1) | (flat < 0).any(1)
+    sums = flat.sum(1, dtype=np.float64)
+    bad |= np.abs(sums - 1.0) > PROB_SUM_TOLERANCE
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        image_id = table.column("image_id")[row].as_py()
+        raise TableError(
+            f"{source}: probs row {row} (image_id {image_id}) = {flat[row].tolist()} sums to "
+            f"{sums[row]:.6f}; each row must be non-negative, finite and sum to 1 (±{PROB_SUM_TOLERANCE})"
+        )
+
+
+def read_table(kind: str, path: str | Path) -> pa.Table:
+    """Read a Parquet table of ``kind`` from ``path`` and validate it (see :func:`validate_table`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {kind} table not found")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise TableError(f"{path}: not a readable Parquet file ({exc})") from None
+    return validate_table(kind, table, source=str(path))
+
+
+def write_table(
+    kind: str,
+    data: pa.Table | Mapping[str, Any],
+    path: str | Path,
+    metadata: Mapping[str, Any] | None = None,
+) -> pa.Table:
+    """Validate ``data`` as a ``kind`` table and write it to ``path`` atomically (Parquet, zstd).
+
+    ``data`` is a pyarrow Table or a mapping of column name -> sequence. ``metadata`` values are
+    JSON-encoded under ``nucleate.<key>`` in the schema metadata and merged over the table's own.
+    Returns the validated table as written.
+    """
+    path = Path(path)
+    table = data if isinstance(data, pa.Table) else _from_mapping(kind, data)
+    if metadata:
+        merged = dict(table.schema.metadata or {})
+        merged.update({f"nucleate.{k}".encode(): json.dumps(v).encode() for k, v in metadata.items()})
+        table = table.replace_schema_metadata(merged)
+    table = validate_table(kind, table, source=str(path))
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    return table
+
+
+def _from_mapping(kind: str, data: Mapping[str, Any]) -> pa.Table:
+    schema = _kind_schema(kind)
+    arrays = {}
+    for name, values in data.items():
+        field_type = schema.field(name).type if name in schema.names else None
+        arrays[name] = pa.array(values, type=field_type)
+    return pa.table(arrays)
+
+
+def probs_table(image_ids: Any, probs: np.ndarray, *, classes: list[str], teacher_id: str) -> pa.Table:
+    """Build a ``teacher_probs`` table from ``image_ids`` (N,) and ``probs`` (N, C) float32.
+
+    ``classes`` (C names, column order of ``probs``) and ``teacher_id`` go into the schema metadata.
+    """
+    probs = np.ascontiguousarray(probs, dtype=np.float32)
+    if probs.ndim != 2 or probs.shape[1] != len(classes):
+        raise ValueError(f"probs must have shape (N, {len(classes)}), got {probs.shape}")
+    offsets = pa.array(np.arange(0, probs.size + 1, probs.shape[1], dtype=np.int32))
+    column = pa.ListArray.from_arrays(offsets, pa.array(probs.reshape(-1)))
+    meta = {b"nucleate.classes": json.dumps(list(classes)).encode(),
+            b"nucleate.teacher_id": json.dumps(teacher_id).encode()}
+    schema = SCHEMAS["teacher_probs"].with_metadata(meta)
+    return pa.table([pa.array(image_ids, type=pa.string()), column], schema=schema)
+
+
+def probs_array(table: pa.Table) -> np.ndarray:
+    """The ``probs`` column of a validated ``teacher_probs`` table as a (N, C) float32 array."""
+    probs = table.column("probs").combine_chunks()
+    n = len(probs)
+    flat = probs.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return flat.reshape(n, -1) if n else np.zeros((0, len(table_metadata(table).get("classes", []))), np.float32)

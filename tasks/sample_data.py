@@ -1,0 +1,132 @@
+"""Stage ``sample_data``: lay out the real mnfinder nuclei images as a nucleate data folder.
+
+Output (``out``, default ``storage/sample``)::
+
+    images/{pool,gold,test}/<set>_<n>.tif   the original TIFF bytes (uint8 or uint16, gray)
+    masks/{pool,gold,test}/<set>_<n>.tif    ground-truth instance masks, int32, 0 = background
+    points.parquet                          ground-truth centroids, ``points`` schema
+                                            (origin ``ground_truth``, annotator ``ground_truth``,
+                                            round 0, created_at = 1970-01-01 UTC)
+
+Expected: 30 / 3 / 16 images and 2,366 / 234 / 603 nuclei in pool / gold / test. The folder is built
+beside ``out`` and swapped in whole, so an interrupted run never leaves a partial layout.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import typer
+
+from nucleate.annotations import centroids_xy
+from nucleate.datasets.mnfinder import iter_mnfinder
+from nucleate.io import content_id, write_labels, write_table
+
+__all__ = ["MNFINDER_REQUIREMENT", "locate_mnfinder", "run", "command", "main"]
+
+MNFINDER_REQUIREMENT = "mnfinder==1.2.3"
+_EPOCH = datetime.fromtimestamp(0, UTC)
+
+
+def locate_mnfinder(install: bool = True) -> Path:
+    """Folder of the installed ``mnfinder`` package (never imported: it would import TensorFlow).
+
+    With ``install`` and the package missing, runs ``pip install --no-deps mnfinder==1.2.3`` (its data
+    only; ``make setup`` already does this, so tests and the demo never download).
+    """
+    spec = importlib.util.find_spec("mnfinder")
+    if spec is None and install:
+        print(f"sample-data: installing {MNFINDER_REQUIREMENT} (data only, --no-deps)", file=sys.stderr)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", MNFINDER_REQUIREMENT], check=True
+        )
+        importlib.invalidate_caches()
+        spec = importlib.util.find_spec("mnfinder")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"the mnfinder data package is not installed; run `pip install --no-deps {MNFINDER_REQUIREMENT}`"
+        )
+    return Path(spec.submodule_search_locations[0])
+
+
+def run(out: str | Path, *, install: bool = True) -> dict[str, dict[str, int]]:
+    """Write the sample layout to ``out``; returns ``{split: {"images": n, "nuclei": m}}``."""
+    out = Path(out)
+    package = locate_mnfinder(install=install)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    images, nuclei = Counter(), Counter()
+    columns: dict[str, list] = {"image_id": [], "x": [], "y": []}
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp_dir:
+        staging = Path(tmp_dir) / out.name
+        for item in iter_mnfinder(package):
+            image_path = staging / "images" / item.split / f"{item.name}.tif"
+            image_path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(item.source, image_path)
+            write_labels(staging / "masks" / item.split / f"{item.name}.tif", item.labels)
+            _, xy = centroids_xy(item.labels)
+            image_id = content_id(image_path)
+            columns["image_id"].extend([image_id] * len(xy))
+            columns["x"].extend(xy[:, 0].tolist())
+            columns["y"].extend(xy[:, 1].tolist())
+            images[item.split] += 1
+            nuclei[item.split] += len(xy)
+        n = len(columns["x"])
+        table = pa.table(
+            {
+                **columns,
+                "label": ["nucleus"] * n,
+                "annotator": ["ground_truth"] * n,
+                "task_id": pa.nulls(n, pa.int64()),
+                "annotation_id": pa.nulls(n, pa.int64()),
+                "round": np.zeros(n, np.int32),
+                "origin": ["ground_truth"] * n,
+                "created_at": pa.array([_EPOCH] * n, pa.timestamp("us", tz="UTC")),
+            }
+        )
+        write_table("points", table, staging / "points.parquet", metadata={"source": MNFINDER_REQUIREMENT})
+        _swap_in(staging, out)
+    return {split: {"images": images[split], "nuclei": nuclei[split]} for split in images}
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Replace ``out`` by ``staging`` with two renames; the old tree lands in ``staging``'s temp folder
+    and is deleted with it."""
+    if out.exists():
+        out.rename(staging.parent / "previous")
+    staging.rename(out)
+
+
+def command(
+    out: Path = typer.Option(Path("storage/sample"), help="Folder to (re)create with images, masks, points."),
+    install: bool = typer.Option(True, help="pip-install the mnfinder data package (--no-deps) if missing."),
+) -> None:
+    """Lay out the real mnfinder nuclei data (49 fluorescence images, 3,203 nuclei) for the demo/tests."""
+    try:
+        counts = run(out, install=install)
+    except (FileNotFoundError, subprocess.CalledProcessError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    for split, c in counts.items():
+        typer.echo(f"{split:5s} {c['images']:3d} images {c['nuclei']:5d} nuclei")
+    typer.echo(f"-> {out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tasks.sample_data [--out ...]``."""
+    app = typer.Typer(add_completion=False)
+    app.command()(command)
+    app(argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -227,6 +227,7 @@ def _check_probs(table: pa.Table, source: str) -> None:
 
 def read_table(kind: str, path: str | Path) -> pa.Table:
     """Read a Parquet table of ``kind`` from ``path`` and validate it (see :func:`validate_table`)."""
+    _kind_schema(kind)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: {kind} table not found")

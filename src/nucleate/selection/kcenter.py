@@ -1,0 +1,237 @@
+"""Greedy k-center (farthest-first traversal) with incremental minimum distances.
+
+Definition (the one PCoreSet and the ``coreset`` baseline use; methods.md §2.8):
+
+* centres start as all ``labeled`` rows; each pick is the unlabeled row whose distance to its nearest
+  centre is largest; it then becomes a centre. Ties go to the lowest row index.
+* cold start (no labeled rows): the first pick is the row farthest from the mean row.
+
+Arithmetic (fixed, so every backend returns bit-identical picks and distances):
+
+* rows are float32; the squared distance of row ``x`` to centre ``c`` is accumulated class by class in
+  float32, ``d = (x[0]-c[0])^2; d += (x[j]-c[j])^2 for j = 1 .. D-1``, each operation rounded once (no FMA);
+* the mean row is the float64 column mean rounded to float32;
+* the argmax runs over squared distances (no square root), so exact ties stay ties.
+
+Cost: one pass over the (D, N) float32 data per centre (labeled rows and picks): O(N·D) time each and
+O(N) extra memory (the running minimum plus two cache-sized scratch buffers). The data are used in
+column-major layout (a (D, N) C-contiguous view): pass a float32 Fortran-ordered (N, D) array to avoid
+the one-off conversion copy (N·D·4 bytes).
+
+Backends: ``numpy`` (chunks of rows sized for the CPU's L2 cache) and ``torch`` (the same operation
+sequence on a torch device; CUDA when asked for). They return the same picks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["KCenterResult", "kcenter_greedy", "columns_float32", "resolve_backend", "mean_row"]
+
+METRICS = ("euclidean", "cosine")
+BACKENDS = ("numpy", "torch", "auto")
+_CHUNK = 65_536  # rows per numpy pass: two float32 scratch vectors of 256 KiB stay in L2
+
+
+@dataclass(frozen=True)
+class KCenterResult:
+    """Picks in order (int64 row indices) and each pick's distance to its nearest centre when picked.
+
+    ``min_distance`` (float64) is Euclidean distance for ``euclidean`` and cosine distance (1 - cos) for
+    ``cosine``; NaN for a cold-start first pick (no centre existed).
+    """
+
+    indices: np.ndarray
+    min_distance: np.ndarray
+
+
+def columns_float32(points: np.ndarray) -> np.ndarray:
+    """(D, N) C-contiguous float32 view of ``points`` (N, D); a copy only when the input is not
+    already float32 Fortran-ordered."""
+    if points.dtype == np.float32 and points.flags.f_contiguous:
+        return points.T
+    out = np.empty((points.shape[1], points.shape[0]), dtype=np.float32)
+    for start in range(0, points.shape[0], _CHUNK):
+        out[:, start:start + _CHUNK] = points[start:start + _CHUNK].T
+    return out
+
+
+def _normalised_columns(points: np.ndarray) -> np.ndarray:
+    """(D, N) float32 copy of ``points`` with every row scaled to unit L2 norm (norm in float64)."""
+    out = np.empty((points.shape[1], points.shape[0]), dtype=np.float32)
+    for start in range(0, points.shape[0], _CHUNK):
+        chunk = np.asarray(points[start:start + _CHUNK], dtype=np.float64)
+        norms = np.sqrt(np.einsum("ij,ij->i", chunk, chunk))
+        out[:, start:start + _CHUNK] = (chunk / norms[:, None]).T
+    return out
+
+
+def mean_row(cols: np.ndarray) -> np.ndarray:
+    """Column means of the data (D, N) -> (D,): float64 mean rounded to float32."""
+    return (np.add.reduce(cols, axis=1, dtype=np.float64) / cols.shape[1]).astype(np.float32)
+
+
+def resolve_backend(backend: str, device: str | None = None) -> tuple[str, str | None]:
+    """Map (``backend``, ``device``) to a concrete pair: ``auto`` = torch on CUDA when available, else numpy."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "numpy":
+        return "numpy", None
+    import torch
+
+    if backend == "auto":
+        return ("torch", "cuda") if torch.cuda.is_available() else ("numpy", None)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device; use device='cpu'")
+    return "torch", str(device)
+
+
+def kcenter_greedy(
+    points: np.ndarray,
+    budget: int,
+    *,
+    labeled: np.ndarray | None = None,
+    metric: str = "euclidean",
+    backend: str = "numpy",
+    device: str | None = None,
+) -> KCenterResult:
+    """Greedy k-center over the rows of ``points`` (N, D); see the module docstring for the exact rule.
+
+    ``labeled`` (sorted unique int64 row indices) are the initial centres and are never picked.
+    ``metric`` ``cosine`` L2-normalises rows first (1 - cos(x, c) = |x̂ - ĉ|² / 2, the form used here).
+    Inputs are assumed validated (see :mod:`nucleate.selection.validation`); ``budget`` <= N - len(labeled).
+    """
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    labeled = np.zeros(0, np.int64) if labeled is None else np.asarray(labeled, dtype=np.int64)
+    cols = _normalised_columns(points) if metric == "cosine" else columns_float32(points)
+    centre0 = mean_row(cols) if labeled.size == 0 else None
+    name, dev = resolve_backend(backend, device)
+    runner = _run_numpy if name == "numpy" else _run_torch
+    indices, sqdist = runner(cols, int(budget), labeled, centre0, dev)
+    dist = sqdist.astype(np.float64)
+    dist = dist / 2.0 if metric == "cosine" else np.sqrt(dist)
+    return KCenterResult(indices.astype(np.int64), dist)
+
+
+# ----------------------------------------------------------------------------------------- numpy
+
+
+def _sqdist_numpy(cols: np.ndarray, centre: np.ndarray, start: int, stop: int,
+                  acc: np.ndarray, tmp: np.ndarray) -> np.ndarray:
+    """Squared distances of rows start:stop to ``centre`` (D,), accumulated class by class into ``acc``."""
+    n = stop - start
+    a, t = acc[:n], tmp[:n]
+    np.subtract(cols[0, start:stop], centre[0], out=a)
+    np.multiply(a, a, out=a)
+    for j in range(1, cols.shape[0]):
+        np.subtract(cols[j, start:stop], centre[j], out=t)
+        np.multiply(t, t, out=t)
+        np.add(a, t, out=a)
+    return a
+
+
+def _run_numpy(cols, budget, labeled, centre0, _device):
+    n = cols.shape[1]
+    chunk = min(_CHUNK, n)
+    acc = np.empty(chunk, np.float32)
+    tmp = np.empty(chunk, np.float32)
+    mind = np.full(n, np.inf, dtype=np.float32)
+    mind[labeled] = -1.0  # never picked; min(-1, d >= 0) keeps it at -1
+
+    def update(centre):
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            d = _sqdist_numpy(cols, centre, start, stop, acc, tmp)
+            np.minimum(mind[start:stop], d, out=mind[start:stop])
+
+    for row in labeled:
+        update(cols[:, row].copy())
+    picks = np.empty(budget, np.int64)
+    sq = np.empty(budget, np.float32)
+    k = 0
+    if centre0 is not None:  # cold start: farthest row from the mean row
+        far = np.empty(n, np.float32)
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            far[start:stop] = _sqdist_numpy(cols, centre0, start, stop, acc, tmp)
+        first = int(np.argmax(far))
+        del far
+        picks[0], sq[0] = first, np.nan
+        mind[first] = -1.0
+        if budget > 1:
+            update(cols[:, first].copy())
+        k = 1
+    for k in range(k, budget):
+        best = int(np.argmax(mind))  # first maximum = lowest index among ties
+        picks[k], sq[k] = best, mind[best]
+        mind[best] = -1.0
+        if k + 1 < budget:
+            update(cols[:, best].copy())
+    return picks, sq
+
+
+# ----------------------------------------------------------------------------------------- torch
+
+
+def _run_torch(cols, budget, labeled, centre0, device):
+    import torch
+
+    dev = torch.device(device)
+    data = torch.from_numpy(np.ascontiguousarray(cols)).to(dev)
+    n = data.shape[1]
+    # CPU: cache-sized chunks as in numpy; CUDA: one launch per operation over all rows.
+    chunk = n if dev.type == "cuda" else min(4 * _CHUNK, n)
+    acc = torch.empty(chunk, dtype=torch.float32, device=dev)
+    tmp = torch.empty(chunk, dtype=torch.float32, device=dev)
+    mind = torch.full((n,), float("inf"), dtype=torch.float32, device=dev)
+    if labeled.size:
+        mind[torch.from_numpy(labeled).to(dev)] = -1.0
+
+    def sqdist(centre, start, stop):
+        m = stop - start
+        a, t = acc[:m], tmp[:m]
+        torch.sub(data[0, start:stop], centre[0], out=a)
+        torch.mul(a, a, out=a)
+        for j in range(1, data.shape[0]):
+            torch.sub(data[j, start:stop], centre[j], out=t)
+            torch.mul(t, t, out=t)
+            torch.add(a, t, out=a)
+        return a
+
+    def update(centre):
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            view = mind[start:stop]
+            torch.minimum(view, sqdist(centre, start, stop), out=view)
+
+    for row in labeled:
+        update(data[:, int(row)].clone())
+    picks = torch.empty(budget, dtype=torch.int64, device=dev)
+    sq = torch.empty(budget, dtype=torch.float32, device=dev)
+    k = 0
+    if centre0 is not None:
+        centre = torch.from_numpy(centre0).to(dev)
+        far = torch.empty(n, dtype=torch.float32, device=dev)
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            far[start:stop] = sqdist(centre, start, stop)
+        first = torch.argmax(far)  # documented: first maximal index
+        del far
+        picks[0], sq[0] = first, float("nan")
+        mind[first] = -1.0
+        if budget > 1:
+            update(data[:, first].clone())
+        k = 1
+    for k in range(k, budget):  # no host synchronisation inside the loop
+        best = torch.argmax(mind)
+        picks[k] = best
+        sq[k] = mind[best]
+        mind[best] = -1.0
+        if k + 1 < budget:
+            update(data[:, best].clone())
+    return picks.cpu().numpy(), sq.cpu().numpy()

@@ -74,8 +74,9 @@ def _split_for(rel: str, split: str) -> str:
     return first if "/" in rel and first in SPLITS else "pool"
 
 
-def _inspect(path: Path) -> tuple[str, dict | str]:
-    """(image_id, row fields) for a readable image, or (image_id or "", reason) for a bad one."""
+def _inspect(path: Path, known: frozenset[str] | dict[str, str] = frozenset()) -> tuple[str, dict | str | None]:
+    """(image_id, row fields) for a readable image, (image_id or "", reason) for a bad one, and
+    (image_id, None) without decoding when ``image_id`` is in ``known`` (already in the manifest)."""
     try:
         size = path.stat().st_size
         if size == 0:
@@ -83,6 +84,8 @@ def _inspect(path: Path) -> tuple[str, dict | str]:
         image_id = content_id(path)
     except OSError as exc:
         return "", f"cannot read ({exc.strerror})"
+    if image_id in known:
+        return image_id, None
     try:
         array = read_image(path)
     except ImageError as exc:
@@ -140,7 +143,8 @@ def run(
     files = _walk(root)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         while batch := list(islice(files, _BATCH)):
-            for path, (image_id, result) in zip(batch, pool.map(_inspect, batch), strict=True):
+            results = pool.map(_inspect, batch, [by_id] * len(batch))
+            for path, (image_id, result) in zip(batch, results, strict=True):
                 rel = path.relative_to(root).as_posix()
                 seen.add(rel)
                 reason = None

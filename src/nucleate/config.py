@@ -51,10 +51,17 @@ class TeacherParams:
     """Vision-language teacher that scores every pool image (stage ``teacher``)."""
 
     backend: str = _f("conse", choices=("conse", "clip", "file"))
-    model: str | None = _f(None)  # hub id or local directory (``clip``); None = backend default
+    model: str | None = _f(None)  # clip: hub id or local dir (None = openai/clip-vit-base-patch32); file: path
+    allow_download: bool = _f(False)  # clip: may fetch a hub id not yet in the local HF cache
     templates: tuple[str, ...] = _f(("a fluorescence microscopy image of {}.",))
     device: str = _f("auto", choices=("auto", "cpu", "cuda"))
-    batch_size: int = _f(16, min=1, max=4096)  # images per forward pass
+    batch_size: int = _f(16, min=1, max=4096)  # tiles per forward pass
+    tile: int = _f(224, min=0, max=8192)  # tile side, pixels at native resolution; 0 = whole image
+    max_tiles: int = _f(16, min=1, max=1024)  # per image; larger images get larger (downscaled) tiles
+    percentile_low: float = _f(0.5, min=0.0, max=50.0)  # 16-bit / gray images: clip below this percentile
+    percentile_high: float = _f(99.8, min=50.0, max=100.0)  # ... and above this one, then scale to 0..255
+    top_t: int = _f(10, min=1, max=1000)  # conse: ImageNet classes combined per image
+    temperature: float = _f(0.05, gt=0.0, max=10.0)  # conse: softmax(cosine / temperature)
 
 
 @dataclass(frozen=True)

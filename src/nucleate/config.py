@@ -74,6 +74,7 @@ class SelectParams:
     )
     budget: int = _f(5, min=1)  # images sent to annotators per round
     space: str = _f("teacher", choices=("teacher", "student"))  # whose probabilities are covered
+    device: str = _f("auto", choices=("auto", "cpu", "cuda"))  # k-center on CUDA (torch) when available
 
 
 @dataclass(frozen=True)

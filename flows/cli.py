@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from tasks import ingest, sample_data, summary
+from tasks import select as select_stage
 
 app = typer.Typer(
     add_completion=False,
@@ -23,6 +24,7 @@ app.add_typer(params_app, name="params")
 app.command("sample-data")(sample_data.command)
 app.command("ingest")(ingest.command)
 app.command("summary")(summary.command)
+app.command("select")(select_stage.command)
 
 
 @params_app.command("check")

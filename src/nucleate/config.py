@@ -91,6 +91,9 @@ class PseudomaskParams:
 
     method: str = _f("voronoi_cluster", choices=("voronoi", "cluster", "voronoi_cluster"))
     nucleus_radius_px: float = _f(6.0, gt=0.0, max=500.0)  # typical nucleus radius in pixels
+    distance_weight: float = _f(0.8, min=0.0, max=100.0)  # k-means weight of the distance-to-point feature
+    dilate: float = _f(0.5, min=0.0, max=10.0)  # cluster refinement dilation, x nucleus_radius_px
+    erode: float = _f(0.7, min=0.0, max=10.0)  # cluster refinement erosion, x nucleus_radius_px
     min_gold_dice: float = _f(0.5, min=0.0, max=1.0)  # QC gate on gold images
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from tasks import ingest, sample_data, summary
+from tasks import ingest, sample_data, summary, teacher
 from tasks import select as select_stage
 
 app = typer.Typer(
@@ -24,6 +24,7 @@ app.add_typer(params_app, name="params")
 app.command("sample-data")(sample_data.command)
 app.command("ingest")(ingest.command)
 app.command("summary")(summary.command)
+app.command("teacher")(teacher.command)
 app.command("select")(select_stage.command)
 
 

@@ -1,0 +1,189 @@
+"""Selection speed and memory: PCoreSet (incremental greedy k-center) vs a naive recompute and the bandwidth bound.
+
+Prints one JSON document. For each (N, C) with k picks, in a fresh subprocess per implementation:
+
+* ``pcoreset`` — :func:`nucleate.selection.select` (numpy backend; data passed as a float32 Fortran-ordered
+  array, so no copy), and ``pcoreset_torch_cpu`` (torch backend on CPU; same picks).
+* ``pcoreset_c_order`` (N = 1e6, C = 50 only) — the same call on a C-ordered array: includes the one-off
+  float32 column-major conversion copy.
+* ``naive`` — a straightforward NumPy implementation that recomputes the distances from every row to every
+  centre at each pick (``|x|² + |c|² − 2 x·c`` with a BLAS matmul, N × m matrix), as the PCoreSet reference code
+  does with ``torch.cdist``. Aborted when its projected time exceeds ``--naive-limit`` seconds (cost per pick
+  grows linearly with the number of centres m, so the projection is elapsed · (k / m)²).
+* ``bound`` — k passes over N × C float32 at the memory bandwidth of a large NumPy copy measured in the same
+  subprocess (STREAM convention: bandwidth = 2 × bytes copied / time; best of 3 copies of 256 MiB).
+
+Peak memory: VmHWM of the subprocess, reset (``/proc/self/clear_refs``) after the data are generated, so
+``peak_extra_mib`` is what the selection itself added on top of the data.
+
+Usage: ``python benchmarks/bench_select.py [--sizes 10000,100000,1000000] [--classes 10,50] [--k 1000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _hwm_kib() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM"):
+                return int(line.split()[1])
+    return -1
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1])
+    return -1
+
+
+def _reset_hwm() -> None:
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+
+
+def copy_bandwidth(nbytes: int = 256 * 2**20, repeats: int = 3) -> float:
+    """Bytes/s of a large NumPy copy, counting read + write (STREAM 'copy' convention); best of ``repeats``."""
+    src = np.ones(nbytes // 4, dtype=np.float32)
+    dst = np.empty_like(src)
+    best = np.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * nbytes / best
+
+
+def make_probs(n: int, c: int, seed: int = 0) -> np.ndarray:
+    """(n, c) float32 Fortran-ordered probability rows (Dirichlet(1)), built without an (n, c) float64 copy."""
+    rng = np.random.default_rng(seed)
+    cols = rng.standard_gamma(1.0, size=(c, n), dtype=np.float32)
+    cols /= cols.sum(axis=0, dtype=np.float32)
+    return cols.T
+
+
+def naive_kcenter(probs: np.ndarray, k: int, time_limit: float) -> tuple[np.ndarray, dict]:
+    """Recompute-all-centres greedy k-center; same cold start rule as pcoreset."""
+    p = np.ascontiguousarray(probs)
+    sq = np.einsum("ij,ij->i", p, p)
+    mean = p.mean(axis=0, dtype=np.float64).astype(np.float32)
+    picks = [int(np.argmax(((p - mean) ** 2).sum(axis=1)))]
+    t0 = time.perf_counter()
+    while len(picks) < k:
+        centres = p[picks]
+        d = sq[:, None] + sq[picks][None, :] - 2.0 * (p @ centres.T)
+        mind = d.min(axis=1)
+        mind[picks] = -np.inf
+        picks.append(int(np.argmax(mind)))
+        elapsed = time.perf_counter() - t0
+        m = len(picks)
+        if m >= 20 and elapsed * (k / m) ** 2 > time_limit:
+            return np.asarray(picks), {"finished": False, "picks_done": m, "elapsed_s": elapsed,
+                                       "projected_s": elapsed * (k / m) ** 2}
+    return np.asarray(picks), {"finished": True}
+
+
+def one(n: int, c: int, k: int, impl: str, naive_limit: float) -> dict:
+    """Run one implementation on fresh data in this process; returns its figures."""
+    sys.path.insert(0, os.path.join(HERE, "..", "src"))
+    from nucleate.selection import select
+
+    bandwidth = copy_bandwidth()
+    probs = make_probs(n, c)
+    if impl == "pcoreset_c_order":
+        probs = np.ascontiguousarray(probs)
+    data_mib = probs.nbytes / 2**20
+    rss0 = _rss_kib()
+    _reset_hwm()
+    t0 = time.perf_counter()
+    info: dict = {}
+    if impl in ("pcoreset", "pcoreset_c_order"):
+        picks = select("pcoreset", probs, budget=k)
+    elif impl == "pcoreset_torch_cpu":
+        picks = select("pcoreset", probs, budget=k, backend="torch", device="cpu")
+    elif impl == "naive":
+        picks, info = naive_kcenter(probs, k, naive_limit)
+    else:
+        raise ValueError(impl)
+    wall = time.perf_counter() - t0
+    peak = _hwm_kib()
+    bound = k * probs.nbytes / bandwidth
+    return {"impl": impl, "N": n, "C": c, "k": k, "wall_s": round(wall, 3), "data_mib": round(data_mib, 1),
+            "rss_before_mib": round(rss0 / 1024, 1), "peak_rss_mib": round(peak / 1024, 1),
+            "peak_extra_mib": round((peak - rss0) / 1024, 1), "copy_bandwidth_gbs": round(bandwidth / 1e9, 2),
+            "bound_s": round(bound, 3), "x_bound": round(wall / bound, 2), "picks_sha": _digest(picks), **info}
+
+
+def _digest(picks: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha1(np.asarray(picks, dtype=np.int64).tobytes()).hexdigest()[:12]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="10000,100000,1000000")
+    ap.add_argument("--classes", default="10,50")
+    ap.add_argument("--k", type=int, default=1000)
+    ap.add_argument("--naive-limit", type=float, default=600.0, help="abort naive runs projected beyond this (s)")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        spec = json.loads(args.one)
+        print(json.dumps(one(spec["N"], spec["C"], args.k, spec["impl"], args.naive_limit)))
+        return
+    import torch
+
+    results = []
+    for n in map(int, args.sizes.split(",")):
+        for c in map(int, args.classes.split(",")):
+            impls = ["pcoreset", "pcoreset_torch_cpu", "naive"]
+            if n >= 1_000_000 and c == 50:
+                impls.insert(1, "pcoreset_c_order")
+            for impl in impls:
+                cmd = [sys.executable, __file__, "--k", str(args.k), "--naive-limit", str(args.naive_limit),
+                       "--one", json.dumps({"N": n, "C": c, "impl": impl})]
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+                row = json.loads(out.stdout.strip().splitlines()[-1])
+                print(json.dumps(row), file=sys.stderr)
+                results.append(row)
+    by = {(r["N"], r["C"], r["impl"]): r for r in results}
+    summary = []
+    for (n, c, impl), r in by.items():
+        if impl != "pcoreset":
+            continue
+        naive = by.get((n, c, "naive"), {})
+        torch_row = by.get((n, c, "pcoreset_torch_cpu"), {})
+        summary.append({
+            "N": n, "C": c, "k": args.k, "pcoreset_s": r["wall_s"], "bound_s": r["bound_s"], "x_bound": r["x_bound"],
+            "pcoreset_peak_extra_mib": r["peak_extra_mib"],
+            "torch_cpu_s": torch_row.get("wall_s"), "torch_same_picks": torch_row.get("picks_sha") == r["picks_sha"],
+            "naive_s": naive.get("wall_s") if naive.get("finished") else None,
+            "naive_projected_s": None if naive.get("finished") else round(naive.get("projected_s", 0), 1),
+            "naive_peak_extra_mib": naive.get("peak_extra_mib"),
+            "speedup_vs_naive": round(naive["wall_s"] / r["wall_s"], 1) if naive.get("finished") else None,
+            "naive_same_picks": naive.get("picks_sha") == r["picks_sha"] if naive.get("finished") else None,
+        })
+    print(json.dumps({
+        "benchmark": "select",
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "numpy": np.__version__, "torch": torch.__version__,
+                    "load_avg_at_end": os.getloadavg()},
+        "summary": summary, "runs": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -101,6 +101,9 @@ def one(n: int, c: int, k: int, impl: str, naive_limit: float) -> dict:
     sys.path.insert(0, os.path.join(HERE, "..", "src"))
     from nucleate.selection import select
 
+    if impl == "pcoreset_torch_cpu":
+        import torch  # noqa: F401 - imported before the clock starts
+
     bandwidth = copy_bandwidth()
     probs = make_probs(n, c)
     if impl == "pcoreset_c_order":

@@ -153,7 +153,6 @@ def _run_numpy(cols, budget, labeled, centre0, _device):
         update(cols[:, row].copy())
     picks = np.empty(budget, np.int64)
     sq = np.empty(budget, np.float32)
-    k = 0
     if centre0 is not None:  # cold start: farthest row from the mean row
         far = np.empty(n, np.float32)
         for start in range(0, n, chunk):
@@ -165,8 +164,7 @@ def _run_numpy(cols, budget, labeled, centre0, _device):
         mind[first] = -1.0
         if budget > 1:
             update(cols[:, first].copy())
-        k = 1
-    for k in range(k, budget):
+    for k in range(0 if centre0 is None else 1, budget):
         best = int(np.argmax(mind))  # first maximum = lowest index among ties
         picks[k], sq[k] = best, mind[best]
         mind[best] = -1.0
@@ -213,7 +211,6 @@ def _run_torch(cols, budget, labeled, centre0, device):
         update(data[:, int(row)].clone())
     picks = torch.empty(budget, dtype=torch.int64, device=dev)
     sq = torch.empty(budget, dtype=torch.float32, device=dev)
-    k = 0
     if centre0 is not None:
         centre = torch.from_numpy(centre0).to(dev)
         far = torch.empty(n, dtype=torch.float32, device=dev)
@@ -226,8 +223,7 @@ def _run_torch(cols, budget, labeled, centre0, device):
         mind[first] = -1.0
         if budget > 1:
             update(data[:, first].clone())
-        k = 1
-    for k in range(k, budget):  # no host synchronisation inside the loop
+    for k in range(0 if centre0 is None else 1, budget):  # no host synchronisation inside the loop
         best = torch.argmax(mind)
         picks[k] = best
         sq[k] = mind[best]

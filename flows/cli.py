@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from tasks import ingest, sample_data, summary, teacher
+from tasks import ingest, pseudomasks, sample_data, summary, teacher
 from tasks import select as select_stage
 
 app = typer.Typer(
@@ -26,6 +26,7 @@ app.command("ingest")(ingest.command)
 app.command("summary")(summary.command)
 app.command("teacher")(teacher.command)
 app.command("select")(select_stage.command)
+app.command("pseudomasks")(pseudomasks.command)
 
 
 @params_app.command("check")

@@ -123,7 +123,7 @@ def test_shifted_disks_match_pixel_counting(shift):
 
 def random_labels(rng, shape=(48, 48), n=12):
     out = np.zeros(shape, np.int32)
-    for k in range(n):
+    for _ in range(n):
         r, c = rng.integers(0, shape[0]), rng.integers(0, shape[1])
         out[disk((r, c), rng.uniform(2, 8), shape=shape)] = rng.integers(1, 40)  # overlaps, reused ids
     return out

@@ -64,7 +64,8 @@ def _predict_chunk(teacher: Teacher, ids: list[str], arrays: list[Any]) -> tuple
         try:
             rows[image_id] = teacher.predict_proba([array])[0]
         except (ValueError, KeyError) as exc:
-            failed.append((image_id, str(exc).strip("'\"") or type(exc).__name__))
+            reason = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            failed.append((image_id, str(reason) or type(exc).__name__))
     return rows, failed
 
 

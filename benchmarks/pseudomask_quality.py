@@ -86,9 +86,9 @@ def evaluate(images, method: str, condition: str, seed: int = 0, **options) -> d
 
 #: tuning grid (pool + gold only): radius px, distance weight, (dilate, erode) x radius
 GRID = {
-    "nucleus_radius_px": (10.0, 12.0, 14.0, 16.0, 18.0),
-    "distance_weight": (0.8, 1.2, 1.6),
-    "closing": ((0.5, 0.7), (0.5, 0.5), (0.3, 0.3)),
+    "nucleus_radius_px": (12.0, 14.0, 16.0, 18.0, 20.0, 22.0),
+    "distance_weight": (0.8, 1.2),
+    "closing": ((0.5, 0.7), (0.5, 0.5), (0.3, 0.3), (0.2, 0.2)),  # (0.5, 0.7) = Qu et al.'s 5 px / 7 px at r = 10
 }
 
 

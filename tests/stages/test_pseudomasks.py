@@ -126,3 +126,37 @@ def test_cli_runs_and_reports_errors(project, tmp_path, repo_root):
     missing = runner.invoke(app, ["pseudomasks", "--points", str(tmp_path / "none.parquet"),
                                   "--manifest", str(project["manifest"]), "--out", str(tmp_path / "y")])
     assert missing.exit_code == 1 and "points table not found" in missing.output
+
+
+@pytest.mark.slow
+def test_dvc_repro_pseudomasks_stage(repo_root, tmp_path):
+    """The real dvc.yaml stage: sample data -> ingest -> (GT points as the clicks) -> pseudomasks, then a no-op."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    def sh(*args):
+        env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+               "DVC_NO_ANALYTICS": "1"}
+        return subprocess.run(args, cwd=repo, env=env, check=True, capture_output=True, text=True)
+
+    repo = tmp_path / "project"
+    for rel in ("dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", "storage/.gitignore"):
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(repo_root / rel, repo / rel)
+    for rel in ("tasks", "src/nucleate"):
+        shutil.copytree(repo_root / rel, repo / rel, ignore=shutil.ignore_patterns("__pycache__"))
+    sh("git", "init", "-q")
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    sh(sys.executable, "-m", "dvc", "repro", "ingest")
+    shutil.copyfile(repo / "storage/sample/points.parquet", repo / "storage/points.parquet")  # simulated clicks
+    out = sh(sys.executable, "-m", "dvc", "repro", "pseudomasks")
+    assert "Running stage 'pseudomasks'" in out.stdout
+    index = read_table("pseudomask_index", repo / "storage/pseudomasks/index.parquet")
+    assert index.num_rows == 49
+    qc = json.loads((repo / "storage/pseudomask_qc.json").read_text())
+    assert len(qc["gold"]) == 3 and qc["gold_mean_labeled_dice"] >= qc["min_gold_dice"]
+    again = sh(sys.executable, "-m", "dvc", "repro", "pseudomasks")
+    assert "Running stage" not in again.stdout

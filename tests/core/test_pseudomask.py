@@ -39,6 +39,30 @@ def test_two_touching_disks_give_two_instances(method):
     assert (pm.semantic[labels == 0] == NUCLEUS).mean() < 0.01
 
 
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("method", METHODS)
+def test_invariants_on_random_scenes(method, seed):
+    rng = np.random.default_rng(seed)
+    shape = tuple(rng.integers(20, 90, 2))
+    image = rng.integers(0, 2**16, shape, dtype=np.uint16) if seed % 2 else rng.integers(0, 256, (*shape, 3), np.uint8)
+    points = rng.uniform(0, 1, (int(rng.integers(1, 25)), 2)) * [shape[1], shape[0]]
+    pm = from_points(image, points, method, nucleus_radius_px=float(rng.uniform(2, 8)), seed=seed)
+    assert pm.semantic.shape == pm.instances.shape == shape
+    assert pm.semantic.dtype == np.uint8 and pm.instances.dtype == np.int32
+    assert set(np.unique(pm.semantic)) <= {BACKGROUND, NUCLEUS, IGNORE}
+    assert ((pm.instances > 0) == (pm.semantic == NUCLEUS)).all()
+    assert pm.instances.max() <= pm.n_points <= len(points)
+    # different instances never touch (4-neighbourhood)
+    a, b = pm.instances[:, 1:], pm.instances[:, :-1]
+    assert not ((a != b) & (a > 0) & (b > 0)).any()
+    a, b = pm.instances[1:], pm.instances[:-1]
+    assert not ((a != b) & (a > 0) & (b > 0)).any()
+    if method != "cluster":  # every point's own pixel is its nucleus
+        r = np.minimum(points[:, 1].astype(int), shape[0] - 1)
+        c = np.minimum(points[:, 0].astype(int), shape[1] - 1)
+        assert (pm.instances[r, c] == pm.point_ids).all() and (pm.point_ids > 0).all()
+
+
 def test_voronoi_label_hand_checked():
     image = np.zeros((20, 30), np.uint8)
     points = np.array([[5.5, 10.5], [24.5, 10.5]])  # pixel centres (row 10, cols 5 and 24)

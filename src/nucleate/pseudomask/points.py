@@ -211,6 +211,8 @@ def _features(image: np.ndarray, d2: np.ndarray, opts: PseudomaskOptions, sample
 def _kmeans3(feats: np.ndarray, sample: np.ndarray, seed: int) -> np.ndarray:
     """k-means (k = 3) fitted on the ``sample`` columns of ``feats`` (D, N); returns the (N,) int8
     cluster of every pixel (nearest centre)."""
+    if sample.size < 3:  # a 1- or 2-pixel image: one cluster
+        return np.zeros(feats.shape[1], dtype=np.int8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # fewer than 3 distinct colours: still fine
         km = KMeans(n_clusters=3, n_init=3, random_state=seed).fit(feats[:, sample].T)

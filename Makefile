@@ -20,7 +20,16 @@ help:
 	@echo "make demo   # set up, then sample data -> ingest -> summary"
 	@echo "make test   # set up, then run the test suite (CI runs this)"
 
-setup: $(STAMP)
+# Label Studio server in its own venv (its pins clash with ours); the project venv has only the SDK.
+LS_VENV := .venv-ls
+LS_STAMP := $(LS_VENV)/.nucleate-ls-setup
+
+setup: $(STAMP) $(LS_STAMP)
+
+$(LS_STAMP):
+	test -x $(LS_VENV)/bin/python || python3 -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install -q label-studio==1.23.2 $(QUIET)
+	touch $(LS_STAMP)
 
 # torch first: on a CPU machine (no nvidia-smi) the local 2.13.0 CPU wheel, never the multi-GB CUDA build.
 # (QUIET drops pip's warnings about this machine's absent extra index folders.)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import typer
 
-from tasks import ingest, pseudomasks, sample_data, summary, teacher
+from flows.ls_cli import annotate_sim_command, ls_app
+from tasks import ingest, points_io, pseudomasks, sample_data, summary, teacher
 from tasks import select as select_stage
 
 app = typer.Typer(
@@ -27,6 +28,9 @@ app.command("summary")(summary.command)
 app.command("teacher")(teacher.command)
 app.command("select")(select_stage.command)
 app.command("pseudomasks")(pseudomasks.command)
+app.add_typer(ls_app, name="ls")
+app.command("annotate-sim")(annotate_sim_command)
+app.add_typer(points_io.app, name="points")
 
 
 @params_app.command("check")

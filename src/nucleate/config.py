@@ -83,6 +83,14 @@ class LabelStudioParams:
 
     project_title: str = _f("nucleate nuclei")
     point_radius_pct: float = _f(0.6, gt=0.0, max=10.0)  # keypoint marker size, percent of image width
+    batch_size: int = _f(500, min=1, max=10_000)  # tasks per import request / export page
+    retries: int = _f(4, min=0, max=20)  # extra tries when the server is unreachable
+    retry_backoff_s: float = _f(0.5, gt=0.0, max=60.0)  # first wait; doubles each try
+    agreement_radius_px: float = _f(6.0, gt=0.0)  # two annotators' points closer than this match
+    consensus_min_fraction: float = _f(0.5, gt=0.0, max=1.0)  # share of annotators a consensus point needs
+    sim_jitter_px: float = _f(1.0, min=0.0, max=100.0)  # simulated click: Gaussian sd per axis, pixels
+    sim_miss_rate: float = _f(0.05, min=0.0, max=1.0)  # simulated annotator: share of nuclei not clicked
+    sim_false_click_rate: float = _f(0.02, min=0.0, max=10.0)  # false clicks per true nucleus (Poisson mean)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,301 @@
+"""The local Label Studio server: ``nucleate ls up | down | status``.
+
+Label Studio 1.23.2 runs from its own virtual environment (``.venv-ls``, made by ``make setup``) with
+SQLite under a git-ignored data dir (default ``.ls-data``)::
+
+    .ls-data/
+      server/            LABEL_STUDIO_BASE_DATA_DIR: SQLite database, media, .env (Django secret key)
+      files/             LOCAL_FILES_DOCUMENT_ROOT: the images annotators see (files/images/<image_id>.png)
+      credentials.json   admin e-mail, password and API token (mode 0600; never printed)
+      server.json        url, port and pid of the running server
+      server.log         the server's output
+
+The server binds to 127.0.0.1 on a free port, with Sentry, analytics and the version check off, and
+is ready when ``/health`` answers. The first ``up`` creates the database, the admin user and its
+token (about 30-80 s); later ones start in a few seconds on the same data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from nucleate.io import atomic_write_text
+
+__all__ = [
+    "LS_VERSION",
+    "DEFAULT_DATA_DIR",
+    "LocalServer",
+    "ServerError",
+    "server_env",
+    "free_port",
+    "wait_healthy",
+    "find_ls_bin",
+]
+
+LS_VERSION = "1.23.2"
+DEFAULT_DATA_DIR = Path(".ls-data")
+ADMIN_EMAIL = "admin@nucleate.local"
+#: Variables Label Studio also reads without a prefix; a CI's HOST/PORT/... must not leak into it.
+_LEAKY = ("HOST", "PORT", "USERNAME", "PASSWORD", "DEBUG", "DATABASE_NAME")
+
+
+class ServerError(RuntimeError):
+    """The local Label Studio server could not be set up, started or stopped."""
+
+
+def find_ls_bin() -> Path:
+    """The ``label-studio`` executable: ``$NUCLEATE_LS_BIN``, else ``.venv-ls/bin/label-studio`` here or
+    beside the installed package."""
+    env = os.environ.get("NUCLEATE_LS_BIN")
+    if env:
+        return Path(env)
+    for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        candidate = root / ".venv-ls" / "bin" / "label-studio"
+        if candidate.exists():
+            return candidate
+    raise ServerError(
+        f"label-studio {LS_VERSION} is not installed: run `make setup` (creates .venv-ls), "
+        "or set NUCLEATE_LS_BIN to a label-studio executable"
+    )
+
+
+def server_env(
+    data: Path,
+    files_root: Path,
+    *,
+    email: str,
+    password: str,
+    token: str,
+    base: Mapping[str, str] | None = None,
+    allow_local_webhooks: bool = False,
+) -> dict[str, str]:
+    """Environment for ``label-studio init|start``: data in ``data``, local files below ``files_root``,
+    legacy token ``token`` for ``email``, no Sentry, analytics or version check."""
+    env = {k: v for k, v in (os.environ if base is None else base).items() if k not in _LEAKY}
+    env.update({
+        "LABEL_STUDIO_BASE_DATA_DIR": str(Path(data).resolve()),
+        "LABEL_STUDIO_USERNAME": email,
+        "LABEL_STUDIO_PASSWORD": password,
+        "LABEL_STUDIO_USER_TOKEN": token,
+        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+        "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
+        "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(Path(files_root).resolve()),
+        "SENTRY_DSN": "",
+        "FRONTEND_SENTRY_DSN": "",
+        "LATEST_VERSION_CHECK": "false",
+        "COLLECT_ANALYTICS": "false",
+        "FEATURE_FLAGS_OFFLINE": "true",
+    })
+    if allow_local_webhooks:
+        env["SSRF_PROTECTION_ENABLED"] = "false"
+    return env
+
+
+def free_port(preferred: int | None = None) -> int:
+    """``preferred`` when it is free on 127.0.0.1, else a port the OS hands out."""
+    if preferred:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", preferred))
+                return preferred
+            except OSError:
+                pass
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def health(url: str, timeout: float = 2.0) -> bool:
+    """True when ``url``/health answers 200 (no authentication needed)."""
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout) as r:
+            return r.status == 200
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def wait_healthy(url: str, proc: subprocess.Popen | None, log: Path | None, timeout: float = 180.0) -> None:
+    """Poll ``/health`` until it answers; raise :class:`ServerError` with the log tail if ``proc`` dies
+    or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while not health(url):
+        if proc is not None and proc.poll() is not None:
+            raise ServerError(f"Label Studio exited with code {proc.returncode} before {url}/health answered"
+                              + _tail(log))
+        if time.monotonic() > deadline:
+            raise ServerError(f"Label Studio did not answer {url}/health within {timeout:.0f} s" + _tail(log))
+        time.sleep(0.25)
+
+
+def _tail(log: Path | None, n: int = 2000) -> str:
+    if log is None or not Path(log).exists():
+        return ""
+    return f"; last lines of {log}:\n" + Path(log).read_text(errors="replace")[-n:]
+
+
+def _pid_is_label_studio(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(part.endswith(b"label-studio") for part in cmdline) and b"start" in cmdline
+
+
+@dataclass
+class LocalServer:
+    """A Label Studio server on this machine with its state in ``data_dir`` (see the module docstring)."""
+
+    data_dir: Path = DEFAULT_DATA_DIR
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir)
+
+    @property
+    def server_data(self) -> Path:
+        return self.data_dir / "server"
+
+    @property
+    def files_root(self) -> Path:
+        return self.data_dir / "files"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "server.log"
+
+    def __repr__(self) -> str:  # no credentials here, but keep it explicit
+        return f"LocalServer(data_dir={str(self.data_dir)!r})"
+
+    # -- credentials and state -------------------------------------------------------------------
+    def credentials(self, create: bool = False) -> dict[str, str]:
+        """``{"email", "password", "token"}`` from ``credentials.json``; created (0600) when ``create``."""
+        path = self.data_dir / "credentials.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        if not create:
+            raise ServerError(f"{path} not found: start the local server once with `nucleate ls up`")
+        creds = {"email": ADMIN_EMAIL, "password": secrets.token_urlsafe(18), "token": secrets.token_hex(20)}
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(creds, indent=2) + "\n")
+        os.chmod(path, 0o600)
+        return creds
+
+    def state(self) -> dict | None:
+        """The running server's ``{"url", "port", "pid"}`` if its process is alive, else None."""
+        path = self.data_dir / "server.json"
+        if not path.exists():
+            return None
+        state = json.loads(path.read_text())
+        if not _pid_is_label_studio(int(state.get("pid", -1))):
+            return None
+        return state
+
+    def env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        creds = self.credentials(create=True)
+        return server_env(self.server_data, self.files_root, email=creds["email"], password=creds["password"],
+                          token=creds["token"], base=base)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def initialised(self) -> bool:
+        return (self.server_data / "label_studio.sqlite3").exists() and (self.data_dir / "credentials.json").exists()
+
+    def init(self, ls_bin: Path | None = None, timeout: float = 600.0) -> None:
+        """Create the database, admin user, organisation and token (once; ~30-80 s)."""
+        ls_bin = ls_bin or find_ls_bin()
+        self.server_data.mkdir(parents=True, exist_ok=True)
+        (self.files_root / "images").mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            proc = subprocess.run([str(ls_bin), "init", "--quiet", "--no-browser"], env=self.env(),
+                                  stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                  timeout=timeout, check=False)
+        if proc.returncode != 0 or not (self.server_data / "label_studio.sqlite3").exists():
+            raise ServerError(f"`label-studio init` failed (exit {proc.returncode})" + _tail(self.log_path))
+
+    def up(self, port: int | None = None, ls_bin: Path | None = None, timeout: float = 180.0,
+           log=lambda line: print(line, file=sys.stderr)) -> dict:
+        """Start the server (initialising the data dir first if needed); returns its state.
+
+        Already running: returns the existing state. ``port``: use this one (error if taken); default:
+        the previous port when free, else any free port.
+        """
+        running = self.state()
+        if running and health(running["url"]):
+            return running
+        ls_bin = ls_bin or find_ls_bin()
+        if not self.initialised():
+            log(f"ls: first start: creating the database and admin user in {self.server_data} (30-80 s)")
+            self.init(ls_bin)
+        previous = None
+        with contextlib.suppress(OSError, ValueError):
+            previous = json.loads((self.data_dir / "server.json").read_text()).get("port")
+        if port is not None and free_port(port) != port:
+            raise ServerError(f"port {port} on 127.0.0.1 is taken; choose another with --port or leave it out")
+        port = port or free_port(previous)
+        (self.files_root / "images").mkdir(parents=True, exist_ok=True)
+        log_file = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
+        try:
+            proc = subprocess.Popen(
+                [str(ls_bin), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port)],
+                env=self.env(), stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        finally:
+            log_file.close()
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_healthy(url, proc, self.log_path, timeout=timeout)
+        except ServerError:
+            _stop_pid(proc.pid)
+            raise
+        state = {"url": url, "port": port, "pid": proc.pid, "version": LS_VERSION,
+                 "files_root": str(self.files_root.resolve()), "started_at": time.time()}
+        atomic_write_text(self.data_dir / "server.json", json.dumps(state, indent=2) + "\n")
+        return state
+
+    def down(self, timeout: float = 20.0) -> bool:
+        """Stop the server (SIGTERM, then SIGKILL after ``timeout`` s). False if it was not running."""
+        state = self.state()
+        path = self.data_dir / "server.json"
+        if state is None:
+            path.unlink(missing_ok=True)
+            return False
+        _stop_pid(int(state["pid"]), timeout)
+        path.unlink(missing_ok=True)
+        return True
+
+
+def _stop_pid(pid: int, timeout: float = 20.0) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done == pid:
+                return
+        except ChildProcessError:  # not our child: poll /proc
+            if not Path(f"/proc/{pid}").exists() or _zombie(pid):
+                return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True

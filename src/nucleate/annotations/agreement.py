@@ -1,0 +1,269 @@
+"""Inter-annotator agreement on point annotations and a consensus point set for training.
+
+Two annotators' points on one image are matched one-to-one (Hungarian assignment on Euclidean
+distance, pixels); a pair closer than ``radius`` px can match, farther pairs never do. Among the
+matchings with the most pairs, the one with the smallest total distance is used. Only points within
+``radius`` of each other interact, so the problem splits into small independent components (found
+with a k-d tree) and scales to thousands of points per image.
+
+Agreement of annotators A and B on an image: ``tp`` = matched pairs, ``F1 = 2 tp / (n_A + n_B)``
+(symmetric: precision of B against A = recall of A against B); two empty sets agree perfectly (F1 = 1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from scipy.optimize import linear_sum_assignment
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
+
+from nucleate.io.tables import SCHEMAS, validate_table
+
+__all__ = [
+    "match_points",
+    "pair_f1",
+    "PairAgreement",
+    "AgreementReport",
+    "agreement",
+    "consensus_points",
+    "consensus_table",
+]
+
+
+def match_points(a: np.ndarray, b: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """One-to-one matching of points ``a`` (N, 2) and ``b`` (M, 2), (x, y) pixels, within ``radius`` px.
+
+    Returns ``(ia, ib)``: int64 index arrays of equal length, pair ``k`` matches ``a[ia[k]]`` with
+    ``b[ib[k]]``; sorted by ``ia``. Maximum number of pairs, then minimum total distance.
+    """
+    if not radius > 0:
+        raise ValueError(f"radius must be > 0 px, got {radius}")
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 2)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 2)
+    empty = np.zeros(0, np.int64)
+    if not len(a) or not len(b):
+        return empty, empty
+    near = cKDTree(a).sparse_distance_matrix(cKDTree(b), radius, output_type="coo_matrix")
+    keep = near.data <= radius
+    rows, cols, dist = near.row[keep], near.col[keep], near.data[keep]
+    if not len(rows):
+        return empty, empty
+    n, m = len(a), len(b)
+    graph = coo_matrix((np.ones(len(rows)), (rows, n + cols)), shape=(n + m, n + m))
+    _, comp = connected_components(graph, directed=False)
+    pair_comp = comp[rows]
+    order = np.argsort(pair_comp, kind="stable")
+    bounds = np.flatnonzero(np.diff(pair_comp[order])) + 1
+    out_a, out_b = [], []
+    for idx in np.split(order, bounds):
+        r, c, d = rows[idx], cols[idx], dist[idx]
+        ur, ri = np.unique(r, return_inverse=True)
+        uc, ci = np.unique(c, return_inverse=True)
+        if len(idx) == 1:
+            out_a.append(ur)
+            out_b.append(uc)
+            continue
+        # infeasible pairs cost more than any complete set of feasible ones -> max cardinality first
+        big = radius * (min(len(ur), len(uc)) + 1) + 1.0
+        cost = np.full((len(ur), len(uc)), big)
+        cost[ri, ci] = d
+        pr, pc = linear_sum_assignment(cost)
+        ok = cost[pr, pc] < big
+        out_a.append(ur[pr[ok]])
+        out_b.append(uc[pc[ok]])
+    ia = np.concatenate(out_a).astype(np.int64)
+    ib = np.concatenate(out_b).astype(np.int64)
+    order = np.argsort(ia, kind="stable")
+    return ia[order], ib[order]
+
+
+def pair_f1(tp: int, n_a: int, n_b: int) -> float:
+    """Symmetric F1 = 2 tp / (n_a + n_b); 1.0 when both sets are empty."""
+    return 1.0 if n_a + n_b == 0 else 2.0 * tp / (n_a + n_b)
+
+
+@dataclass
+class PairAgreement:
+    """Agreement of two annotators pooled over the images both annotated."""
+
+    annotator_a: str
+    annotator_b: str
+    images: int = 0
+    tp: int = 0
+    n_a: int = 0
+    n_b: int = 0
+    mean_distance_px: float = float("nan")
+
+    @property
+    def f1(self) -> float:
+        return pair_f1(self.tp, self.n_a, self.n_b)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"annotator_a": self.annotator_a, "annotator_b": self.annotator_b, "images": self.images,
+                "matched": self.tp, "points_a": self.n_a, "points_b": self.n_b, "f1": round(self.f1, 6),
+                "mean_distance_px": None if math.isnan(self.mean_distance_px)
+                else round(self.mean_distance_px, 4)}
+
+
+@dataclass
+class AgreementReport:
+    """Per annotator pair (pooled) and per image agreement; images with >= 2 annotators only."""
+
+    radius: float
+    pairs: list[PairAgreement] = field(default_factory=list)
+    per_image: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        f1s = [p["f1"] for p in self.per_image]
+        return {"radius_px": self.radius, "images": len(self.per_image),
+                "mean_image_f1": round(float(np.mean(f1s)), 6) if f1s else None,
+                "pairs": [p.as_dict() for p in self.pairs], "per_image": self.per_image}
+
+
+def _groups(points: pa.Table) -> dict[str, dict[str, np.ndarray]]:
+    """image_id -> annotator -> row indices."""
+    image = points.column("image_id").to_numpy(zero_copy_only=False)
+    who = points.column("annotator").to_numpy(zero_copy_only=False)
+    out: dict[str, dict[str, list[int]]] = {}
+    for i, (img, ann) in enumerate(zip(image.tolist(), who.tolist(), strict=True)):
+        out.setdefault(img, {}).setdefault(ann, []).append(i)
+    return {img: {a: np.asarray(r, np.int64) for a, r in d.items()} for img, d in out.items()}
+
+
+def agreement(points: pa.Table, radius: float,
+              annotators: Mapping[str, Sequence[str]] | None = None) -> AgreementReport:
+    """Agreement for every image annotated by >= 2 annotators of a ``points`` table.
+
+    ``annotators`` (image_id -> annotators who submitted) adds annotators who submitted *no* points on an
+    image (an empty annotation is an opinion too); without it only annotators with points count.
+    """
+    xy = np.stack([points.column("x").to_numpy(), points.column("y").to_numpy()], axis=1).reshape(-1, 2)
+    groups = _groups(points)
+    if annotators:
+        for img, names in annotators.items():
+            for name in names:
+                groups.setdefault(img, {}).setdefault(name, np.zeros(0, np.int64))
+    report = AgreementReport(radius=float(radius))
+    pairs: dict[tuple[str, str], PairAgreement] = {}
+    dists: dict[tuple[str, str], list[float]] = {}
+    for img in sorted(groups):
+        by = groups[img]
+        if len(by) < 2:
+            continue
+        image_pairs = []
+        for a, b in combinations(sorted(by), 2):
+            pa_, pb_ = xy[by[a]], xy[by[b]]
+            ia, ib = match_points(pa_, pb_, radius)
+            rec = pairs.setdefault((a, b), PairAgreement(a, b))
+            rec.images += 1
+            rec.tp += len(ia)
+            rec.n_a += len(pa_)
+            rec.n_b += len(pb_)
+            dists.setdefault((a, b), []).extend(np.hypot(*(pa_[ia] - pb_[ib]).T).tolist())
+            image_pairs.append(pair_f1(len(ia), len(pa_), len(pb_)))
+        report.per_image.append({"image_id": img, "annotators": sorted(by),
+                                 "f1": round(float(np.mean(image_pairs)), 6)})
+    for key, rec in sorted(pairs.items()):
+        if dists[key]:
+            rec.mean_distance_px = float(np.mean(dists[key]))
+        report.pairs.append(rec)
+    return report
+
+
+def consensus_points(
+    sets: Sequence[np.ndarray], radius: float, min_fraction: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
+    """Consensus of several annotators' point sets on one image.
+
+    Annotators are processed in the given order; each one's points are matched (:func:`match_points`)
+    to the current clusters' mean positions, joining the matched cluster or opening a new one, so a
+    cluster never holds two points of one annotator. A cluster is kept when it holds at least
+    ``ceil(min_fraction * len(sets))`` annotators' points (with 2 annotators and 0.5: either one; with 3:
+    two). Returns ``(xy (K, 2) cluster means, members (K, len(sets)) int64 row index into each set or -1)``.
+    """
+    if not 0.0 < min_fraction <= 1.0:
+        raise ValueError(f"min_fraction must be in (0, 1], got {min_fraction}")
+    n_sets = len(sets)
+    sums = np.zeros((0, 2))
+    members = np.zeros((0, n_sets), np.int64)
+    for s, pts in enumerate(sets):
+        pts = np.asarray(pts, dtype=np.float64).reshape(-1, 2)
+        counts = (members[:, :s] >= 0).sum(1) if s else np.zeros(len(members), np.int64)
+        means = sums / np.maximum(counts, 1)[:, None]
+        ia, ib = match_points(pts, means, radius) if len(means) else (np.zeros(0, np.int64),) * 2
+        members[ib, s] = ia
+        sums[ib] += pts[ia]
+        new = np.setdiff1d(np.arange(len(pts)), ia)
+        add = np.full((len(new), n_sets), -1, np.int64)
+        add[:, s] = new
+        members = np.concatenate([members, add]) if len(members) else add
+        sums = np.concatenate([sums, pts[new]])
+    votes = (members >= 0).sum(1)
+    need = max(1, math.ceil(min_fraction * n_sets - 1e-9))
+    keep = votes >= need
+    xy = sums[keep] / votes[keep][:, None] if keep.any() else np.zeros((0, 2))
+    return xy.reshape(-1, 2), members[keep]
+
+
+def consensus_table(points: pa.Table, radius: float, min_fraction: float = 0.5,
+                    annotators: Mapping[str, Sequence[str]] | None = None) -> pa.Table:
+    """A ``points`` table for training: per image, the consensus of its annotators.
+
+    Images with one annotator keep that annotator's points unchanged. Images with several get
+    :func:`consensus_points` (annotators in sorted order): ``annotator`` = ``"consensus"``,
+    ``label`` = the most frequent label among the cluster's points (ties: alphabetical first),
+    ``origin`` = ``prediction`` only if every point of the cluster was an accepted prediction,
+    ``annotation_id`` = null, ``created_at`` = the latest of the cluster's points. ``annotators`` as in
+    :func:`agreement` (annotators who submitted an empty annotation count as voters).
+    """
+    groups = _groups(points)
+    if annotators:
+        for img, names in annotators.items():
+            if img in groups:
+                for name in names:
+                    groups[img].setdefault(name, np.zeros(0, np.int64))
+    cols = {name: points.column(name).to_numpy(zero_copy_only=False)
+            for name in ("x", "y", "label", "round", "origin")}
+    task_ids = points.column("task_id").to_pylist()
+    created = points.column("created_at").to_pylist()
+    xy = np.stack([cols["x"], cols["y"]], axis=1).astype(np.float64).reshape(-1, 2)
+    keep_rows: list[np.ndarray] = []
+    out: dict[str, list] = {k: [] for k in SCHEMAS["points"].names}
+    for img in sorted(groups):
+        by = groups[img]
+        names = sorted(by)
+        if len(names) == 1:
+            keep_rows.append(by[names[0]])
+            continue
+        rows = [by[n] for n in names]
+        centre, members = consensus_points([xy[r] for r in rows], radius, min_fraction)
+        for k in range(len(centre)):
+            idx = np.asarray([rows[s][members[k, s]] for s in range(len(names)) if members[k, s] >= 0])
+            labels = Counter(cols["label"][idx].tolist())
+            best = max(labels.values())
+            out["image_id"].append(img)
+            out["x"].append(float(centre[k, 0]))
+            out["y"].append(float(centre[k, 1]))
+            out["label"].append(sorted(lbl for lbl, c in labels.items() if c == best)[0])
+            out["annotator"].append("consensus")
+            out["task_id"].append(task_ids[idx[0]])
+            out["annotation_id"].append(None)
+            out["round"].append(int(cols["round"][idx].max()))
+            out["origin"].append("prediction" if (cols["origin"][idx] == "prediction").all() else "manual")
+            out["created_at"].append(max(created[i] for i in idx))
+    schema = SCHEMAS["points"]
+    single = points.select(schema.names).take(pa.array(np.concatenate(keep_rows) if keep_rows
+                                                      else np.zeros(0, np.int64)))
+    merged = pa.table({name: pa.array(out[name], type=schema.field(name).type) for name in schema.names},
+                      schema=schema)
+    table = pa.concat_tables([single.cast(schema), merged])
+    return validate_table("points", table, source="consensus points")

@@ -1,0 +1,187 @@
+"""``nucleate points export | import``: point annotations to and from QuPath GeoJSON, COCO keypoints, CSV.
+
+* ``export --format qupath``: one GeoJSON file per image (``<image file stem>.geojson``), pixel units,
+  loadable in QuPath (File > Import objects) over the same image.
+* ``export --format coco``: one COCO keypoints JSON for all images of the manifest.
+* ``import --format qupath|coco|csv``: existing point annotations -> a points table. A GeoJSON file is
+  matched to its image by file stem (QuPath names exports after the image) or ``--image``. Points
+  outside their image or with a label not in ``classes`` are rejected one line each, the rest are
+  kept; with ``--strict`` any rejection writes nothing.
+
+Conventions in :mod:`nucleate.annotations.formats`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pyarrow as pa
+import typer
+
+from nucleate.annotations.formats import ImportResult, from_coco, from_csv, from_qupath, to_coco, to_qupath
+from nucleate.config import ParamsError, load_params
+from nucleate.io import TableError, atomic_write_text, empty_table, read_table, write_table
+
+__all__ = ["export_points", "import_points", "image_names", "app", "main"]
+
+FORMATS = ("qupath", "coco", "csv")
+
+
+def image_names(manifest: pa.Table) -> dict[str, str]:
+    """Ways to name an image -> image_id: relative path, file name and file stem (unambiguous ones only)."""
+    names: dict[str, str] = {}
+    clash: set[str] = set()
+    for row in manifest.select(["image_id", "path"]).to_pylist():
+        path = Path(row["path"])
+        for key in {row["path"], path.name, path.stem}:
+            if key in names and names[key] != row["image_id"]:
+                clash.add(key)
+            names[key] = row["image_id"]
+    for key in clash:
+        names.pop(key, None)
+    return names
+
+
+def export_points(points: str | Path, manifest: str | Path, fmt: str, out: str | Path,
+                  classes: Sequence[str] = ()) -> list[Path]:
+    """Write ``points`` as ``fmt`` (``qupath``: a folder of GeoJSON files; ``coco``: one JSON file).
+    Returns the files written (each written atomically)."""
+    table = read_table("points", points)
+    man = read_table("manifest", manifest)
+    rows = {r["image_id"]: r for r in man.select(["image_id", "path", "width", "height"]).to_pylist()}
+    unknown = sorted(set(table.column("image_id").to_pylist()) - set(rows))
+    if unknown:
+        raise ValueError(f"{points}: {len(unknown)} image id(s) are not in {manifest}, e.g. {unknown[0]}")
+    out = Path(out)
+    if fmt == "qupath":
+        written = []
+        for image_id, doc in to_qupath(table, classes).items():
+            path = out / f"{Path(rows[image_id]['path']).stem}.geojson"
+            atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
+            written.append(path)
+        return written
+    if fmt == "coco":
+        images = [{"image_id": i, "file_name": r["path"], "width": r["width"], "height": r["height"]}
+                  for i, r in rows.items()]
+        atomic_write_text(out, json.dumps(to_coco(table, images, classes)) + "\n")
+        return [out]
+    raise ValueError(f"export format must be qupath or coco, got {fmt!r}")
+
+
+def import_points(
+    files: Sequence[str | Path],
+    fmt: str,
+    manifest: str | Path,
+    out: str | Path,
+    *,
+    classes: Sequence[str] | None,
+    default_label: str | None = None,
+    annotator: str | None = None,
+    round: int = 0,
+    image: str | None = None,
+    strict: bool = False,
+    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+) -> ImportResult:
+    """Read ``files`` (``qupath``, ``coco`` or ``csv``) into one points table written to ``out``."""
+    man = read_table("manifest", manifest)
+    sizes = {r["image_id"]: (r["width"], r["height"]) for r in
+             man.select(["image_id", "width", "height"]).to_pylist()}
+    names = image_names(man)
+    parts: list[ImportResult] = []
+    for f in map(Path, files):
+        if not f.is_file():
+            raise FileNotFoundError(f"{f}: file not found")
+        text = f.read_text(encoding="utf-8")
+        if fmt == "csv":
+            parts.append(from_csv(text, source=str(f), sizes=sizes, names=names, classes=classes,
+                                  default_label=default_label, annotator=annotator or "csv", round=round))
+            continue
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{f}: not valid JSON ({exc})") from None
+        if fmt == "qupath":
+            key = image or f.stem
+            image_id = names.get(key) or (key if key in sizes else None)
+            if image_id is None:
+                raise ValueError(f"{f}: no image in the manifest is called {key!r}; name the file after its "
+                                 "image or pass --image")
+            parts.append(from_qupath([(str(f), image_id, doc)], sizes=sizes, classes=classes,
+                                     default_label=default_label, annotator=annotator or "qupath", round=round))
+        elif fmt == "coco":
+            parts.append(from_coco(doc, sizes=sizes, names=names, classes=classes,
+                                   annotator=annotator or "coco", round=round))
+        else:
+            raise ValueError(f"import format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    rejected = [line for p in parts for line in p.rejected]
+    table = pa.concat_tables([p.points for p in parts]) if parts else empty_table("points")
+    for line in rejected:
+        log(f"rejected {line}")
+    if strict and rejected:
+        raise ValueError(f"--strict: {len(rejected)} point(s) rejected (see above); {out} not written")
+    table = write_table("points", table, out)
+    log(f"import: {table.num_rows} point(s) kept, {len(rejected)} rejected -> {out}")
+    return ImportResult(table, rejected)
+
+
+app = typer.Typer(no_args_is_help=True, help="Export/import point annotations (QuPath GeoJSON, COCO, CSV).")
+
+
+def _classes(params: Path) -> tuple[str, ...]:
+    try:
+        return load_params(params).classes
+    except (FileNotFoundError, ParamsError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command("export")
+def export_command(
+    points: Path = typer.Option(Path("storage/annotations/points.parquet"), help="Points table to export."),
+    manifest: Path = typer.Option(Path("storage/manifest.parquet"), help="Manifest (image names and sizes)."),
+    fmt: str = typer.Option(..., "--format", help="qupath (folder of .geojson) | coco (one .json)."),
+    out: Path = typer.Option(..., help="Output folder (qupath) or file (coco)."),
+    params: Path = typer.Option(Path("params.yaml"), help="params file (classes: label order and colours)."),
+) -> None:
+    """Export a points table as QuPath GeoJSON or COCO keypoints (pixel units)."""
+    try:
+        written = export_points(points, manifest, fmt, out, _classes(params))
+    except (FileNotFoundError, ValueError, TableError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"export: {len(written)} file(s) -> {out}")
+
+
+@app.command("import")
+def import_command(
+    files: list[Path] = typer.Argument(..., help="GeoJSON / COCO JSON / CSV files."),
+    fmt: str = typer.Option(..., "--format", help="qupath | coco | csv."),
+    manifest: Path = typer.Option(Path("storage/manifest.parquet"), help="Manifest (image ids and sizes)."),
+    out: Path = typer.Option(..., help="Points table to write."),
+    image: str = typer.Option(None, help="qupath: the image (file name, path or image id) of every file."),
+    default_label: str = typer.Option(None, help="Label for unlabeled points (default: the first class)."),
+    annotator: str = typer.Option(None, help="annotator column (default: the format name)."),
+    round: int = typer.Option(0, help="round column."),
+    strict: bool = typer.Option(False, help="Write nothing if any point is rejected."),
+    params: Path = typer.Option(Path("params.yaml"), help="params file (classes = allowed labels)."),
+) -> None:
+    """Import point annotations (QuPath GeoJSON, COCO keypoints, CSV) into a points table."""
+    classes = _classes(params)
+    try:
+        import_points(files, fmt, manifest, out, classes=classes, default_label=default_label or classes[0],
+                      annotator=annotator, round=round, image=image, strict=strict)
+    except (FileNotFoundError, ValueError, TableError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tasks.points_io export|import ...``."""
+    app(argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -8,8 +8,8 @@ Prints one JSON document. For each (N, C) with k picks, in a fresh subprocess pe
   float32 column-major conversion copy.
 * ``naive`` — a straightforward NumPy implementation that recomputes the distances from every row to every
   centre at each pick (``|x|² + |c|² − 2 x·c`` with a BLAS matmul, N × m matrix), as the PCoreSet reference code
-  does with ``torch.cdist``. Aborted when its projected time exceeds ``--naive-limit`` seconds (cost per pick
-  grows linearly with the number of centres m, so the projection is elapsed · (k / m)²).
+  does with ``torch.cdist``. Stopped when its projected total exceeds 2 × ``--naive-limit`` or it has run that
+  long (time per pick grows linearly with the number of centres m: a + b·m fitted on the picks so far).
 * ``bound`` — k passes over N × C float32 at the memory bandwidth of a large NumPy copy measured in the same
   subprocess (STREAM convention: bandwidth = 2 × bytes copied / time; best of 3 copies of 256 MiB).
 
@@ -76,23 +76,33 @@ def make_probs(n: int, c: int, seed: int = 0) -> np.ndarray:
 
 
 def naive_kcenter(probs: np.ndarray, k: int, time_limit: float) -> tuple[np.ndarray, dict]:
-    """Recompute-all-centres greedy k-center; same cold start rule as pcoreset."""
+    """Recompute-all-centres greedy k-center; same cold start rule as pcoreset.
+
+    Stops early when it would not finish: every 50 picks the time per pick is fitted as a + b·m (m centres)
+    and the rest projected; it stops when the projection exceeds 2 × ``time_limit`` or it has run
+    ``time_limit`` seconds.
+    """
     p = np.ascontiguousarray(probs)
     sq = np.einsum("ij,ij->i", p, p)
     mean = p.mean(axis=0, dtype=np.float64).astype(np.float32)
     picks = [int(np.argmax(((p - mean) ** 2).sum(axis=1)))]
     t0 = time.perf_counter()
+    per_pick: list[float] = []
     while len(picks) < k:
+        t1 = time.perf_counter()
         centres = p[picks]
         d = sq[:, None] + sq[picks][None, :] - 2.0 * (p @ centres.T)
         mind = d.min(axis=1)
         mind[picks] = -np.inf
         picks.append(int(np.argmax(mind)))
-        elapsed = time.perf_counter() - t0
-        m = len(picks)
-        if m >= 20 and elapsed * (k / m) ** 2 > time_limit:
-            return np.asarray(picks), {"finished": False, "picks_done": m, "elapsed_s": elapsed,
-                                       "projected_s": elapsed * (k / m) ** 2}
+        per_pick.append(time.perf_counter() - t1)
+        m, elapsed = len(picks), time.perf_counter() - t0
+        if m < k and (m % 50 == 0 or elapsed > time_limit):
+            b, a = np.polyfit(np.arange(1, m), per_pick, 1)
+            projected = elapsed + float(sum(a + b * j for j in range(m, k)))
+            if projected > 2 * time_limit or elapsed > time_limit:
+                return np.asarray(picks), {"finished": False, "picks_done": m, "elapsed_s": round(elapsed, 1),
+                                           "projected_s": round(projected, 1)}
     return np.asarray(picks), {"finished": True}
 
 

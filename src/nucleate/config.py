@@ -98,11 +98,11 @@ class PseudomaskParams:
     """Points -> training masks (stage ``pseudomasks``)."""
 
     method: str = _f("voronoi_cluster", choices=("voronoi", "cluster", "voronoi_cluster"))
-    nucleus_radius_px: float = _f(6.0, gt=0.0, max=500.0)  # typical nucleus radius in pixels
-    distance_weight: float = _f(0.8, min=0.0, max=100.0)  # k-means weight of the distance-to-point feature
-    dilate: float = _f(0.5, min=0.0, max=10.0)  # cluster refinement dilation, x nucleus_radius_px
-    erode: float = _f(0.7, min=0.0, max=10.0)  # cluster refinement erosion, x nucleus_radius_px
-    min_gold_dice: float = _f(0.5, min=0.0, max=1.0)  # QC gate on gold images
+    nucleus_radius_px: float = _f(20.0, gt=0.0, max=500.0)  # nucleus scale in pixels (tuned on sample pool+gold)
+    distance_weight: float = _f(1.2, min=0.0, max=100.0)  # k-means weight of the distance-to-point feature
+    dilate: float = _f(0.2, min=0.0, max=10.0)  # cluster refinement dilation, x nucleus_radius_px
+    erode: float = _f(0.2, min=0.0, max=10.0)  # cluster refinement erosion, x nucleus_radius_px
+    min_gold_dice: float = _f(0.9, min=0.0, max=1.0)  # QC gate: mean labeled-pixel Dice on gold images
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,13 @@
 """nucleate.pseudomask.from_points: synthetic disks with known answers, a real sample image, bad input."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from skimage.draw import disk
 
 from nucleate.annotations import centroids_xy
+from nucleate.config import load_params
 from nucleate.io import read_image, read_labels
 from nucleate.metrics import dice, segmentation_scores
 from nucleate.pseudomask import BACKGROUND, IGNORE, METHODS, NUCLEUS, PointError, from_points
@@ -166,15 +169,17 @@ def test_unclicked_nucleus_is_ignored_not_merged():
         assert (labels[pm.instances == 1] == 1).all()
 
 
+# measured on this image with the params.yaml settings: labeled-pixel Dice 0.974, whole-image Dice 0.931,
+# AJI 0.868, 64 % of pixels labeled (BENCHMARKS.md); the floors leave ~0.05 of slack
+FLOOR = {"labeled_dice": 0.92, "whole_dice": 0.88, "whole_aji": 0.82, "coverage": 0.6}
+
+
 def test_real_sample_image_quality_floor(sample_dir):
-    # floors measured on this image with the params.yaml settings (see BENCHMARKS.md), minus ~0.05
     name = "2022-03-18_RPE1_3.tif"
     image = read_image(sample_dir / "images" / "pool" / name)
     gt = read_labels(sample_dir / "masks" / "pool" / name)
     _, points = centroids_xy(gt)
-    from nucleate.config import load_params
-
-    p = load_params(__import__("pathlib").Path(__file__).resolve().parents[2] / "params.yaml").pseudomask
+    p = load_params(Path(__file__).resolve().parents[2] / "params.yaml").pseudomask
     pm = from_points(image, points, "voronoi_cluster", nucleus_radius_px=p.nucleus_radius_px,
                      distance_weight=p.distance_weight, dilate=p.dilate, erode=p.erode)
     assert pm.n_instances == len(points)
@@ -184,5 +189,3 @@ def test_real_sample_image_quality_floor(sample_dir):
     assert whole.dice >= FLOOR["whole_dice"] and whole.aji >= FLOOR["whole_aji"]
     assert labeled.mean() >= FLOOR["coverage"]
 
-
-FLOOR = {"labeled_dice": 0.0, "whole_dice": 0.0, "whole_aji": 0.0, "coverage": 0.0}  # set from measurement

@@ -66,9 +66,13 @@ METHODS = ("voronoi", "cluster", "voronoi_cluster")
 
 @dataclass(frozen=True)
 class PseudomaskOptions:
-    """Tunables of :func:`from_points`. Lengths are multiples of ``nucleus_radius_px`` (r, pixels)."""
+    """Tunables of :func:`from_points`. Lengths are multiples of ``nucleus_radius_px`` (r, pixels).
 
-    nucleus_radius_px: float = 6.0  # typical nucleus radius in pixels (params: pseudomask.nucleus_radius_px)
+    The defaults are Qu et al.'s recipe verbatim (r = 10 gives their pixel constants); the pipeline
+    passes the values tuned for its data from ``params.yaml`` (section ``pseudomask``).
+    """
+
+    nucleus_radius_px: float = 10.0  # nucleus scale in pixels (params: pseudomask.nucleus_radius_px)
     point_radius: float = 0.25  # x r: nucleus disk around each point (Voronoi label; Qu 2 px)
     distance_clip: float = 2.0  # x r: clip of the distance-to-point feature (Qu 20 px)
     distance_weight: float = 0.8  # weight of the [0, 1] distance feature vs [0, 1] intensity (Qu ~20/25.5)

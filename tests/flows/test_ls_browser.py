@@ -1,0 +1,103 @@
+"""A person's path through the Label Studio UI, in Debian's headless chromium driven by Playwright.
+
+Log in, open a pushed task, see the image and the student's pre-annotations, click one more nucleus,
+submit; the pulled points are the kept pre-annotations (origin ``prediction``) plus the click (origin
+``manual``) within 1 px of where it was made. Never ``playwright install``: the browser is the
+distribution's ``chromium`` package (CI: apt-get install chromium).
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from flows.labelstudio import Adapter, render_images, resolve_connection
+
+CLASSES = ("nucleus", "micronucleus")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium")
+    if path is None:
+        pytest.fail("Debian chromium is not installed: apt-get install chromium (see .ci/run)")
+    return path
+
+
+@pytest.mark.slow
+def test_annotator_sees_pre_annotations_clicks_and_submits(ls_server, sample_manifest, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    chromium = _chromium()
+    manifest, _ = sample_manifest
+    row = next(r for r in manifest.to_pylist() if r["width"] != r["height"])
+    image_id, w, h = row["image_id"], row["width"], row["height"]
+    conn = resolve_connection(ls_server.data_dir, env={})
+    adapter = Adapter(conn, retries=1, backoff_s=0.2)
+    pid = adapter.ensure_project("nucleate ui", CLASSES, model_version="round-001")
+    adapter.ensure_storage(pid, conn.files_root / "images")
+    rec = render_images(manifest, [image_id], conn.files_root)[image_id]
+    pred_xy = np.array([[0.2 * w, 0.25 * h], [0.75 * w, 0.3 * h], [0.5 * w, 0.8 * h]])
+    preds = pa.table({"image_id": [image_id] * 3, "x": pred_xy[:, 0], "y": pred_xy[:, 1],
+                      "label": ["nucleus"] * 3, "score": [0.9, 0.8, 0.7]})
+    report = adapter.push(pid, [rec], round=1, predictions=preds, model_version="round-001", classes=CLASSES)
+    task_id = report.created[image_id]
+    target = (0.4 * w + 0.3, 0.55 * h + 0.7)                      # far from the pre-annotations
+    creds = ls_server.credentials()
+    base = conn.url
+    outside: list[str] = []
+
+    def guard(route):
+        if route.request.url.startswith((base, "data:", "blob:")):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=ARGS, headless=True)
+        try:
+            ctx = browser.new_context(viewport={"width": 1400, "height": 900})
+            ctx.route("**/*", guard)
+            page = ctx.new_page()
+            page.goto(base + "/user/login/")
+            page.fill("#email", creds["email"])
+            page.fill("#password", creds["password"])
+            with page.expect_navigation():
+                page.click("button[type=submit]")
+            assert "/user/login" not in page.url, "login failed"
+            page.goto(f"{base}/projects/{pid}/data?task={task_id}")
+            page.wait_for_selector(".lsf-annotation-button", timeout=90_000)
+            page.wait_for_selector("canvas")
+            page.screenshot(path=str(tmp_path / "opened.png"))
+            page.wait_for_selector(".lsf-outliner-item", timeout=30_000)  # regions are drawn a moment later
+            page.wait_for_timeout(1000)
+            image = page.locator("img[src^='blob:']").first
+            natural = image.evaluate("e => [e.naturalWidth, e.naturalHeight, e.complete]")
+            assert natural == [w, h, True]                             # the image really loaded
+            assert page.locator(".lsf-outliner-item").count() == 3     # the three pre-annotations
+            page.screenshot(path=str(tmp_path / "before.png"))
+            box = image.bounding_box()
+            page.keyboard.press("1")                                   # label hotkey: nucleus
+            page.mouse.click(box["x"] + target[0] * box["width"] / w, box["y"] + target[1] * box["height"] / h)
+            page.wait_for_timeout(500)
+            assert page.locator(".lsf-outliner-item").count() == 4
+            page.get_by_role("button", name="Submit").click()
+            page.wait_for_selector("button:has-text('Update')", timeout=30_000)
+            page.screenshot(path=str(tmp_path / "after.png"))
+        finally:
+            browser.close()
+    assert outside == []                                               # the UI called nothing outside the server
+
+    result = adapter.pull(pid, classes=CLASSES)
+    rows = result.points.to_pylist()
+    assert len(rows) == 4 and {r["annotator"] for r in rows} == {creds["email"]}
+    manual = [r for r in rows if r["origin"] == "manual"]
+    kept = np.array(sorted((r["x"], r["y"]) for r in rows if r["origin"] == "prediction"))
+    assert len(manual) == 1 and manual[0]["label"] == "nucleus"
+    assert np.hypot(manual[0]["x"] - target[0], manual[0]["y"] - target[1]) < 1.0
+    np.testing.assert_allclose(kept, np.array(sorted(map(tuple, pred_xy))), atol=0.01)

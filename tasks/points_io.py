@@ -1,10 +1,11 @@
 """``nucleate points export | import``: point annotations to and from QuPath GeoJSON, COCO keypoints, CSV.
 
-* ``export --format qupath``: one GeoJSON file per image (``<image file stem>.geojson``), pixel units,
-  loadable in QuPath (File > Import objects) over the same image.
+* ``export --format qupath``: one GeoJSON file per image (``<image path without suffix>.geojson``, so
+  the folders mirror the image folders), pixel units, loadable in QuPath (File > Import objects).
 * ``export --format coco``: one COCO keypoints JSON for all images of the manifest.
 * ``import --format qupath|coco|csv``: existing point annotations -> a points table. A GeoJSON file is
-  matched to its image by file stem (QuPath names exports after the image) or ``--image``. Points
+  matched to its image by name (QuPath names exports after the image: stem, then parent/stem, ...) or
+  ``--image``. Points
   outside their image or with a label not in ``classes`` are rejected one line each, the rest are
   kept; with ``--strict`` any rejection writes nothing.
 
@@ -31,12 +32,13 @@ FORMATS = ("qupath", "coco", "csv")
 
 
 def image_names(manifest: pa.Table) -> dict[str, str]:
-    """Ways to name an image -> image_id: relative path, file name and file stem (unambiguous ones only)."""
+    """Ways to name an image -> image_id: relative path (with and without suffix), file name and file stem
+    (unambiguous ones only)."""
     names: dict[str, str] = {}
     clash: set[str] = set()
     for row in manifest.select(["image_id", "path"]).to_pylist():
         path = Path(row["path"])
-        for key in {row["path"], path.name, path.stem}:
+        for key in {row["path"], path.with_suffix("").as_posix(), path.name, path.stem}:
             if key in names and names[key] != row["image_id"]:
                 clash.add(key)
             names[key] = row["image_id"]
@@ -59,7 +61,7 @@ def export_points(points: str | Path, manifest: str | Path, fmt: str, out: str |
     if fmt == "qupath":
         written = []
         for image_id, doc in to_qupath(table, classes).items():
-            path = out / f"{Path(rows[image_id]['path']).stem}.geojson"
+            path = out / Path(rows[image_id]["path"]).with_suffix(".geojson")  # mirrors the image folders
             atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
             written.append(path)
         return written
@@ -104,11 +106,7 @@ def import_points(
         except json.JSONDecodeError as exc:
             raise ValueError(f"{f}: not valid JSON ({exc})") from None
         if fmt == "qupath":
-            key = image or f.stem
-            image_id = names.get(key) or (key if key in sizes else None)
-            if image_id is None:
-                raise ValueError(f"{f}: no image in the manifest is called {key!r}; name the file after its "
-                                 "image or pass --image")
+            image_id = _image_for(f, image, names, sizes)
             parts.append(from_qupath([(str(f), image_id, doc)], sizes=sizes, classes=classes,
                                      default_label=default_label, annotator=annotator or "qupath", round=round))
         elif fmt == "coco":
@@ -125,6 +123,23 @@ def import_points(
     table = write_table("points", table, out)
     log(f"import: {table.num_rows} point(s) kept, {len(rejected)} rejected -> {out}")
     return ImportResult(table, rejected)
+
+
+def _image_for(path: Path, image: str | None, names: dict[str, str], sizes: dict) -> str:
+    """The image a GeoJSON file belongs to: ``image`` when given, else the file's stem, then parent/stem,
+    ... (the first name that is unambiguous in the manifest)."""
+    if image:
+        keys = [image]
+    else:
+        parts = path.with_suffix("").parts
+        keys = ["/".join(parts[-k:]) for k in range(1, len(parts) + 1)]
+    for key in keys:
+        if key in names:
+            return names[key]
+        if key in sizes:
+            return key
+    raise ValueError(f"{path}: no image in the manifest is called {keys[0]!r} (or the name is ambiguous); "
+                     "name the file after its image or pass --image")
 
 
 app = typer.Typer(no_args_is_help=True, help="Export/import point annotations (QuPath GeoJSON, COCO, CSV).")

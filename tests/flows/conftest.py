@@ -1,6 +1,7 @@
 """Real Label Studio servers for tests.
 
-``ls_template`` initialises one data dir per test session (migrations, admin user, token: 30-80 s);
+``ls_template`` initialises one data dir per test session (migrations, admin user, token: 30-80 s)
+by a first ``LocalServer.up`` (then stops it);
 every test that needs a server copies it and starts its own ``label-studio`` on a free 127.0.0.1 port
 through :class:`flows.ls_server.LocalServer` (a few seconds), and stops it by PID afterwards.
 """
@@ -22,7 +23,9 @@ def ls_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     except Exception as exc:  # a missing server must fail loudly, not skip
         pytest.fail(f"{exc}")
     template = tmp_path_factory.mktemp("ls_template") / "data"
-    LocalServer(template).init(ls_bin)
+    server = LocalServer(template)
+    server.up(ls_bin=ls_bin)  # the first `up` initialises the data dir (what `nucleate ls up` does)
+    assert server.down()
     return template
 
 
@@ -34,9 +37,15 @@ def copy_template(template: Path, dest: Path) -> LocalServer:
 
 
 @pytest.fixture
-def ls_server(ls_template: Path, tmp_path: Path):
+def ls_data(ls_template: Path, tmp_path: Path) -> Path:
+    """A copy of the initialised template data dir (no server running)."""
+    return copy_template(ls_template, tmp_path / "ls-data").data_dir
+
+
+@pytest.fixture
+def ls_server(ls_data: Path):
     """A running local server on a copy of the template; stopped (by PID) after the test."""
-    server = copy_template(ls_template, tmp_path / "ls-data")
+    server = LocalServer(ls_data)
     server.up()
     try:
         yield server

@@ -13,6 +13,9 @@ Prints one JSON document. For each (N, C) with k picks, in a fresh subprocess pe
 * ``bound`` — k passes over N × C float32 at the memory bandwidth of a large NumPy copy measured in the same
   subprocess (STREAM convention: bandwidth = 2 × bytes copied / time; best of 3 copies of 256 MiB).
 
+``cpu_s`` (process CPU time) next to ``wall_s`` shows how much other jobs on the machine slowed a run down: the
+numpy path is single-threaded, so cpu_s ≈ wall_s on an idle machine.
+
 Peak memory: VmHWM of the subprocess, reset (``/proc/self/clear_refs``) after the data are generated, so
 ``peak_extra_mib`` is what the selection itself added on top of the data.
 
@@ -121,6 +124,8 @@ def one(n: int, c: int, k: int, impl: str, naive_limit: float) -> dict:
     data_mib = probs.nbytes / 2**20
     rss0 = _rss_kib()
     _reset_hwm()
+    load = os.getloadavg()[0]
+    c0 = time.process_time()
     t0 = time.perf_counter()
     info: dict = {}
     if impl in ("pcoreset", "pcoreset_c_order"):
@@ -132,9 +137,11 @@ def one(n: int, c: int, k: int, impl: str, naive_limit: float) -> dict:
     else:
         raise ValueError(impl)
     wall = time.perf_counter() - t0
+    cpu = time.process_time() - c0
     peak = _hwm_kib()
     bound = k * probs.nbytes / bandwidth
-    return {"impl": impl, "N": n, "C": c, "k": k, "wall_s": round(wall, 3), "data_mib": round(data_mib, 1),
+    return {"impl": impl, "N": n, "C": c, "k": k, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
+            "load_avg_1min": round(load, 2), "data_mib": round(data_mib, 1),
             "rss_before_mib": round(rss0 / 1024, 1), "peak_rss_mib": round(peak / 1024, 1),
             "peak_extra_mib": round((peak - rss0) / 1024, 1), "copy_bandwidth_gbs": round(bandwidth / 1e9, 2),
             "bound_s": round(bound, 3), "x_bound": round(wall / bound, 2), "picks_sha": _digest(picks), **info}

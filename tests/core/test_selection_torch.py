@@ -41,11 +41,11 @@ def test_torch_cpu_equals_numpy(problem, strategy):
 
 
 def test_torch_cpu_equals_numpy_across_chunk_boundaries():
-    """More rows than one numpy chunk (65,536) and several torch CPU chunks (32,768)."""
+    """More rows than one numpy chunk (262,144) and several torch CPU chunks (32,768)."""
     rng = np.random.default_rng(7)
-    probs = np.asfortranarray(rng.dirichlet(np.ones(4), size=150_000).astype(np.float32))
-    a = kcenter_greedy(probs, 12, labeled=np.array([5, 149_999]))
-    b = kcenter_greedy(probs, 12, labeled=np.array([5, 149_999]), backend="torch", device="cpu")
+    probs = np.asfortranarray(rng.dirichlet(np.ones(4), size=300_000).astype(np.float32))
+    a = kcenter_greedy(probs, 12, labeled=np.array([5, 299_999]))
+    b = kcenter_greedy(probs, 12, labeled=np.array([5, 299_999]), backend="torch", device="cpu")
     assert a.indices.tolist() == b.indices.tolist()
     np.testing.assert_array_equal(a.min_distance, b.min_distance)
 

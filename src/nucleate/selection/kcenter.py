@@ -14,11 +14,11 @@ Arithmetic (fixed, so every backend returns bit-identical picks and distances):
 * the argmax runs over squared distances (no square root), so exact ties stay ties.
 
 Cost: one pass over the (D, N) float32 data per centre (labeled rows and picks): O(N·D) time each and
-O(N) extra memory (the running minimum plus two cache-sized scratch buffers). The data are used in
+O(N) extra memory (the running minimum plus two 1 MiB scratch vectors). The data are used in
 column-major layout (a (D, N) C-contiguous view): pass a float32 Fortran-ordered (N, D) array to avoid
 the one-off conversion copy (N·D·4 bytes).
 
-Backends: ``numpy`` (chunks of rows sized for the CPU's L2 cache) and ``torch`` (the same operation
+Backends: ``numpy`` (chunks of 262,144 rows, two 1 MiB scratch vectors) and ``torch`` (the same operation
 sequence on a torch device; CUDA when asked for). They return the same picks.
 """
 
@@ -32,7 +32,10 @@ __all__ = ["KCenterResult", "kcenter_greedy", "columns_float32", "resolve_backen
 
 METRICS = ("euclidean", "cosine")
 BACKENDS = ("numpy", "torch", "auto")
-_CHUNK = 65_536  # rows per numpy pass: two float32 scratch vectors of 256 KiB stay in L2
+# Rows per numpy pass: two float32 scratch vectors of 1 MiB. Measured on the 2-core EPYC (N = 1e6, C = 50):
+# 20-21 ms per pick at 262,144 rows vs 25-28 ms at 65,536 (fewer ufunc calls; the data stream from DRAM anyway).
+_CHUNK = 262_144
+_CONVERT_BYTES = 32 * 2**20  # float64 staging per chunk when converting / normalising rows
 # torch on CPU: below torch's intra-op grain size (32,768), so every op stays on one thread. Larger chunks
 # fan out to the OpenMP pool, which on a busy 2-core machine was measured 150x slower (oversubscription).
 _TORCH_CPU_CHUNK = 32_768
@@ -56,18 +59,24 @@ def columns_float32(points: np.ndarray) -> np.ndarray:
     if points.dtype == np.float32 and points.flags.f_contiguous:
         return points.T
     out = np.empty((points.shape[1], points.shape[0]), dtype=np.float32)
-    for start in range(0, points.shape[0], _CHUNK):
-        out[:, start:start + _CHUNK] = points[start:start + _CHUNK].T
+    step = _convert_rows(points.shape[1])
+    for start in range(0, points.shape[0], step):
+        out[:, start:start + step] = points[start:start + step].T
     return out
+
+
+def _convert_rows(dim: int) -> int:
+    return max(1024, _CONVERT_BYTES // (8 * max(1, dim)))
 
 
 def _normalised_columns(points: np.ndarray) -> np.ndarray:
     """(D, N) float32 copy of ``points`` with every row scaled to unit L2 norm (norm in float64)."""
     out = np.empty((points.shape[1], points.shape[0]), dtype=np.float32)
-    for start in range(0, points.shape[0], _CHUNK):
-        chunk = np.asarray(points[start:start + _CHUNK], dtype=np.float64)
+    step = _convert_rows(points.shape[1])
+    for start in range(0, points.shape[0], step):
+        chunk = np.asarray(points[start:start + step], dtype=np.float64)
         norms = np.sqrt(np.einsum("ij,ij->i", chunk, chunk))
-        out[:, start:start + _CHUNK] = (chunk / norms[:, None]).T
+        out[:, start:start + step] = (chunk / norms[:, None]).T
     return out
 
 

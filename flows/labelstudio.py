@@ -23,6 +23,7 @@ import time
 import urllib.parse
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ __all__ = [
 ]
 
 _TASK_FIELDS = "id,data,total_annotations,cancelled_annotations,is_labeled"
+_MAX_EXPORT_IDS = 900  # Django's DATA_UPLOAD_MAX_NUMBER_FIELDS is 1,000 query fields per request
 
 
 class Secret:
@@ -241,6 +243,16 @@ class Adapter:
     def __repr__(self) -> str:
         return f"Adapter(url={self.conn.url!r}, token={self.conn.token!r})"
 
+    def close(self) -> None:
+        """Close the HTTP connections."""
+        self._ls._client_wrapper.httpx_client.httpx_client.close()
+
+    def __enter__(self) -> Adapter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- plumbing ---------------------------------------------------------------------------------
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, idempotent: bool = True, **kwargs: Any) -> Any:
         """Run one SDK call: retry while the server is unreachable (any transport error when the call is
@@ -358,14 +370,34 @@ class Adapter:
         return self._call("list tasks", fetch)
 
     def export(self, project_id: int, task_ids: Sequence[int]) -> list[dict[str, Any]]:
-        """Full task JSON (annotations included) for ``task_ids``, ``batch_size`` tasks per request."""
-        out: list[dict[str, Any]] = []
+        """Full task JSON (annotations included) for ``task_ids``, at most ``batch_size`` (and 900) tasks per
+        request.
+
+        The server reads the subset from ``ids[]`` query parameters (SDK 2.1.2 sends ``ids``, which the
+        server ignores, returning the whole project), and Django refuses more than 1,000 query fields.
+        """
         ids = list(task_ids)
-        for start in range(0, len(ids), self.batch_size):
-            page = [str(i) for i in ids[start:start + self.batch_size]]
-            raw = self._call("export annotations", lambda page=page: b"".join(self._ls.projects.exports.download_sync(
-                project_id, export_type="JSON", download_all_tasks=True, ids=page)))
-            out.extend(json.loads(raw))
+        step = max(1, min(self.batch_size, _MAX_EXPORT_IDS))
+        pages = [[str(i) for i in ids[start:start + step]] for start in range(0, len(ids), step)]
+
+        def fetch(page: list[str]) -> bytes:
+            options = {"additional_query_parameters": {"ids[]": page}}
+            return self._call("export annotations", lambda: b"".join(self._ls.projects.exports.download_sync(
+                project_id, export_type="JSON", download_all_tasks=True, request_options=options)))
+
+        out: list[dict[str, Any]] = []
+        # the next page is requested while this one is parsed (the server works while the client decodes)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(fetch, pages[0]) if pages else None
+            for k, page in enumerate(pages):
+                raw = pending.result()
+                pending = pool.submit(fetch, pages[k + 1]) if k + 1 < len(pages) else None
+                tasks = json.loads(raw)
+                wanted = set(map(int, page))
+                if any(t["id"] not in wanted for t in tasks):
+                    raise LabelStudioError(f"export annotations: Label Studio at {self.conn.url} returned tasks "
+                                           "that were not asked for (the ids[] filter is not supported here)")
+                out.extend(tasks)
         return out
 
     def push(
@@ -402,16 +434,13 @@ class Adapter:
             payload = [self._task_json(rec, round, preds.get(rec.image_id), model_version, marker_pct)
                        for rec in batch]
             try:
-                result = self._call("import tasks", self._ls.projects.import_tasks, project_id, request=payload,
-                                    return_task_ids=True, idempotent=False)
-                ids = list(result.task_ids or [])
+                ids = self._call("import tasks", self._import, project_id, payload, idempotent=False)
             except UncertainOutcome:
                 # the request may or may not have landed: look, then send only what is missing
                 now = {str(t["data"].get("image_id")): t["id"] for t in self.tasks(project_id)}
                 missing = [p for p, rec in zip(payload, batch, strict=True) if rec.image_id not in now]
                 if missing:
-                    result = self._call("import tasks", self._ls.projects.import_tasks, project_id,
-                                        request=missing, return_task_ids=True, idempotent=False)
+                    self._call("import tasks", self._import, project_id, missing, idempotent=False)
                 now = {str(t["data"].get("image_id")): t["id"] for t in self.tasks(project_id)}
                 ids = [now[rec.image_id] for rec in batch]
             if len(ids) != len(batch):  # servers that do not return ids: look them up
@@ -421,6 +450,29 @@ class Adapter:
                 report.created[rec.image_id] = int(tid)
                 report.predictions += rec.image_id in preds
         return report
+
+    def _import(self, project_id: int, payload: list[dict[str, Any]]) -> list[int]:
+        """``POST /api/projects/{id}/import`` (synchronous in Label Studio OSS) -> the new task ids.
+
+        Sent through the SDK's HTTP client and auth headers, but with the JSON body encoded here: the SDK's
+        typed request model costs ~2.6 ms of client CPU per task with a 65-point pre-annotation, which on
+        two cores slowed a 10,000-task push by ~60 %; what the server receives is the same.
+        """
+        wrapper = self._ls._client_wrapper
+        response = wrapper.httpx_client.httpx_client.post(
+            f"{wrapper.get_base_url()}/api/projects/{project_id}/import",
+            params={"return_task_ids": "true"},
+            content=json.dumps(payload).encode(),
+            headers={**wrapper.get_headers(), "Content-Type": "application/json"},
+            timeout=wrapper.get_timeout(),
+        )
+        if response.status_code >= 400:
+            try:
+                body: Any = response.json()
+            except ValueError:
+                body = response.text[:500]
+            raise ApiError(status_code=response.status_code, headers=dict(response.headers), body=body)
+        return [int(i) for i in response.json().get("task_ids") or []]
 
     @staticmethod
     def _task_json(rec: ImageRecord, round: int, pred: dict | None, model_version: str | None,

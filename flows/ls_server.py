@@ -52,6 +52,10 @@ ADMIN_EMAIL = "admin@nucleate.local"
 _LEAKY = ("HOST", "PORT", "USERNAME", "PASSWORD", "DEBUG", "DATABASE_NAME")
 
 
+#: Servers started by this process (pid -> Popen), so stopping one reaps it through its Popen.
+_SPAWNED: dict[int, subprocess.Popen] = {}
+
+
 class ServerError(RuntimeError):
     """The local Label Studio server could not be set up, started or stopped."""
 
@@ -147,12 +151,16 @@ def _tail(log: Path | None, n: int = 2000) -> str:
     return f"; last lines of {log}:\n" + Path(log).read_text(errors="replace")[-n:]
 
 
-def _pid_is_label_studio(pid: int) -> bool:
+def _pid_is_label_studio(pid: int, data: Path) -> bool:
+    """True when ``pid`` is a ``label-studio start`` serving the data dir ``data`` (not a reused pid, not
+    another data dir's server)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     except OSError:
         return False
-    return any(part.endswith(b"label-studio") for part in cmdline) and b"start" in cmdline
+    mine = f"LABEL_STUDIO_BASE_DATA_DIR={Path(data).resolve()}".encode()
+    return any(part.endswith(b"label-studio") for part in cmdline) and b"start" in cmdline and mine in environ
 
 
 @dataclass
@@ -199,7 +207,7 @@ class LocalServer:
         if not path.exists():
             return None
         state = json.loads(path.read_text())
-        if not _pid_is_label_studio(int(state.get("pid", -1))):
+        if not _pid_is_label_studio(int(state.get("pid", -1)), self.server_data):
             return None
         return state
 
@@ -254,6 +262,7 @@ class LocalServer:
             )
         finally:
             log_file.close()
+        _SPAWNED[proc.pid] = proc
         url = f"http://127.0.0.1:{port}"
         try:
             wait_healthy(url, proc, self.log_path, timeout=timeout)
@@ -278,6 +287,15 @@ class LocalServer:
 
 
 def _stop_pid(pid: int, timeout: float = 20.0) -> None:
+    proc = _SPAWNED.pop(pid, None)
+    if proc is not None:  # our own child: terminate and reap it through its Popen
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        return
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout

@@ -100,6 +100,9 @@ def test_push_is_idempotent_and_progress_counts_rounds(ls_adapter, sample_manife
     second = _push(ls_adapter, manifest, ids[2:], round=2)[1]
     assert set(second.created) == set(ids[3:]) and set(second.existing) == {ids[2]}
     assert len(ls_adapter.tasks(pid)) == 5
+    # an export page holds exactly the tasks asked for
+    page = [first.created[ids[1]], second.created[ids[4]]]
+    assert sorted(t["id"] for t in ls_adapter.export(pid, page)) == sorted(page)
 
     t = first.created
     ls_adapter.annotate(t[ids[0]], keypoint_results(np.array([[5.0, 5.0]]), ["nucleus"], 100, 100))
@@ -261,7 +264,8 @@ def test_rejected_token_and_the_token_never_shows(ls_server, sample_manifest, ca
     with pytest.raises(LabelStudioError) as err2:
         good.annotate(10**9, [])                                 # no such task: an HTTP error from the server
     out, errout = capfd.readouterr()
-    for text in (caplog.text, out, errout, str(err2.value), repr(good), repr(conn), str(conn)):
+    server_log = ls_server.log_path.read_text(errors="replace")
+    for text in (caplog.text, out, errout, str(err2.value), repr(good), repr(conn), str(conn), server_log):
         assert token not in text
     assert not (ls_server.data_dir / "credentials.json").stat().st_mode & 0o077
 

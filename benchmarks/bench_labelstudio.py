@@ -1,0 +1,212 @@
+"""Label Studio throughput: push N tasks (with pre-annotations) and pull N annotations; prints JSON.
+
+Against a real local Label Studio 1.23.2 (``LocalServer``: SQLite, one process on 127.0.0.1):
+
+* ``push``: ``Adapter.push`` of N new tasks in ``batch_size`` imports, each with a pre-annotation of the
+  real sample image's ground-truth centroids (65 points on average). Display PNGs are rendered once
+  beforehand (N task records point at the 49 rendered sample images under distinct image ids); the
+  rendering cost per image is reported separately.
+* ``pull``: ``Adapter.pull`` of a project whose N tasks each hold one submitted annotation (the same
+  point sets; set up by bulk import, not timed): paginated task listing + ``ids``-paged JSON export +
+  conversion to the points table.
+* baselines in the same run: push one task per request (on ``--baseline-n`` tasks, scaled to N) and
+  pull as one unpaginated full-project export.
+
+    python benchmarks/bench_labelstudio.py --n 10000            # ~10 min on 2 cores (first run: + init)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pyarrow as pa  # noqa: E402
+
+from flows.labelstudio import Adapter, ImageRecord, render_images, resolve_connection  # noqa: E402
+from flows.ls_server import LocalServer  # noqa: E402
+from nucleate.annotations import keypoint_results  # noqa: E402
+from nucleate.io import read_table  # noqa: E402
+
+CLASSES = ("nucleus", "micronucleus")
+
+
+def _sample(tmp: Path) -> tuple[pa.Table, pa.Table]:
+    from tasks import ingest, sample_data
+
+    sample_data.run(tmp / "sample", install=False)
+    ingest.run(tmp / "sample" / "images", tmp / "manifest.parquet", log=lambda line: None)
+    return read_table("manifest", tmp / "manifest.parquet"), read_table("points", tmp / "sample" / "points.parquet")
+
+
+def _server_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the server process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _Clock:
+    """Wall time, server CPU and client CPU of one phase (CPU time does not depend on other jobs' load)."""
+
+    def __init__(self, server_pid: int):
+        self.pid = server_pid
+
+    def __enter__(self):
+        self.t, self.s, self.c = time.perf_counter(), _server_cpu_s(self.pid), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self.t
+        self.server_cpu = _server_cpu_s(self.pid) - self.s
+        self.client_cpu = time.process_time() - self.c
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=10_000)
+    ap.add_argument("--baseline-n", type=int, default=200)
+    ap.add_argument("--batch-size", type=int, default=500)
+    ap.add_argument("--data-dir", type=Path, default=None, help="initialised data dir to copy (default: init)")
+    args = ap.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="bench-ls-") as tmp_s:
+        tmp = Path(tmp_s)
+        manifest, gt = _sample(tmp)
+        server = LocalServer(tmp / "ls-data")
+        if args.data_dir is not None:
+            import shutil
+
+            shutil.copytree(args.data_dir, server.data_dir)
+            (server.data_dir / "server.json").unlink(missing_ok=True)
+        t0 = time.perf_counter()
+        server.up(log=lambda line: print(line, file=sys.stderr))
+        start_s = time.perf_counter() - t0
+        try:
+            conn = resolve_connection(server.data_dir, env={})
+            pid = server.state()["pid"]
+            with Adapter(conn, batch_size=args.batch_size) as ad, Adapter(conn, batch_size=1) as one:
+                return _bench(args, conn, ad, one, manifest, gt, start_s, pid)
+        finally:
+            server.down()
+
+
+def _bench(args, conn, ad: Adapter, one: Adapter, manifest: pa.Table, gt: pa.Table, start_s: float,
+           server_pid: int) -> dict:
+    ids = manifest.column("image_id").to_pylist()
+    t0 = time.perf_counter()
+    recs = render_images(manifest, ids, conn.files_root)
+    render_ms = 1000 * (time.perf_counter() - t0) / len(ids)
+    mp = sum(r["width"] * r["height"] for r in manifest.to_pylist()) / len(ids) / 1e6
+
+    by_image: dict[str, list] = {}
+    for row in gt.select(["image_id", "x", "y", "label"]).to_pylist():
+        by_image.setdefault(row["image_id"], []).append(row)
+    src = [ids[i % len(ids)] for i in range(args.n)]
+    records = [ImageRecord(f"bench-{i:06d}", recs[s].rel, recs[s].width, recs[s].height, recs[s].name)
+               for i, s in enumerate(src)]
+    pred_cols = {"image_id": [], "x": [], "y": [], "label": [], "score": []}
+    for rec, s in zip(records, src, strict=True):
+        for row in by_image[s]:
+            pred_cols["image_id"].append(rec.image_id)
+            pred_cols["x"].append(row["x"])
+            pred_cols["y"].append(row["y"])
+            pred_cols["label"].append(row["label"])
+            pred_cols["score"].append(0.9)
+    preds = pa.table(pred_cols)
+    n_points = preds.num_rows
+
+    # -- push: ours (batched) --------------------------------------------------------------------
+    pid = ad.ensure_project("bench push", CLASSES, model_version="bench")
+    ad.ensure_storage(pid, conn.files_root / "images")
+    with _Clock(server_pid) as push_clock:
+        rep = ad.push(pid, records, round=1, predictions=preds, model_version="bench", classes=CLASSES)
+    push_s = push_clock.wall
+    assert len(rep.created) == args.n and rep.predictions == args.n
+    t0 = time.perf_counter()
+    again = ad.push(pid, records, round=1, predictions=preds, model_version="bench", classes=CLASSES)
+    repush_s = time.perf_counter() - t0
+    assert again.created == {}
+    t0 = time.perf_counter()
+    prog = ad.progress(pid, 1)
+    progress_s = time.perf_counter() - t0
+    assert prog["total"] == args.n
+
+    # -- push baseline: one task per request -----------------------------------------------------
+    pid_b = ad.ensure_project("bench push baseline", CLASSES, model_version="bench")
+    base_recs = [ImageRecord(f"base-{i:06d}", r.rel, r.width, r.height, r.name)
+                 for i, r in enumerate(records[:args.baseline_n])]
+    base_preds = preds.filter(pa.compute.is_in(preds.column("image_id"),
+                                               value_set=pa.array([r.image_id for r in records[:args.baseline_n]])))
+    base_preds = base_preds.set_column(0, "image_id", pa.array(
+        [v.replace("bench-", "base-") for v in base_preds.column("image_id").to_pylist()]))
+    t0 = time.perf_counter()
+    one.push(pid_b, base_recs, round=1, predictions=base_preds, model_version="bench", classes=CLASSES)
+    base_push_s = (time.perf_counter() - t0) * args.n / args.baseline_n
+
+    # -- pull: a project with one annotation per task (bulk-imported set-up, not timed) -----------
+    pid_a = ad.ensure_project("bench pull", CLASSES)
+    me = ad.whoami()["id"]
+    t0 = time.perf_counter()
+    for start in range(0, args.n, 1000):
+        payload = []
+        for rec, s in zip(records[start:start + 1000], src[start:start + 1000], strict=True):
+            rows = by_image[s]
+            task = ad._task_json(rec, 1, None, None, 0.6)
+            task["annotations"] = [{"completed_by": me, "result": keypoint_results(
+                [(r["x"], r["y"]) for r in rows], [r["label"] for r in rows], rec.width, rec.height)}]
+            payload.append(task)
+        ad._ls.projects.import_tasks(pid_a, request=payload)
+    setup_s = time.perf_counter() - t0
+    with _Clock(server_pid) as pull_clock:
+        res = ad.pull(pid_a, classes=CLASSES)
+    pull_s = pull_clock.wall
+    assert res.annotations == args.n and res.points.num_rows == n_points, res.summary()
+
+    t0 = time.perf_counter()
+    full = json.loads(b"".join(ad._ls.projects.exports.download_sync(pid_a, export_type="JSON",
+                                                                      download_all_tasks=True)))
+    base_pull_s = time.perf_counter() - t0
+    assert len(full) == args.n
+
+    return {
+        "benchmark": "labelstudio",
+        "machine": f"{os.cpu_count()}-core {platform.machine()}, Python {platform.python_version()}",
+        "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
+        "note": "other jobs share the cores: *_cpu_s are load-independent; wall ~ server + client CPU when idle",
+        "label_studio": "1.23.2 (SQLite, runserver, 1 process)",
+        "n_tasks": args.n,
+        "points_per_task_mean": round(n_points / args.n, 1),
+        "batch_size": args.batch_size,
+        "server_start_s": round(start_s, 2),
+        "render_ms_per_image": round(render_ms, 1),
+        "render_image_megapixels_mean": round(mp, 3),
+        "push_s": round(push_s, 2),
+        "push_tasks_per_s": round(args.n / push_s, 1),
+        "push_server_cpu_s": round(push_clock.server_cpu, 2),
+        "push_client_cpu_s": round(push_clock.client_cpu, 2),
+        "repush_noop_s": round(repush_s, 2),
+        "progress_s": round(progress_s, 2),
+        "baseline_push_one_per_request_s_scaled": round(base_push_s, 2),
+        "push_speedup_vs_baseline": round(base_push_s / push_s, 2),
+        "pull_setup_bulk_import_s": round(setup_s, 2),
+        "pull_s": round(pull_s, 2),
+        "pull_annotations_per_s": round(args.n / pull_s, 1),
+        "pull_server_cpu_s": round(pull_clock.server_cpu, 2),
+        "pull_client_cpu_s": round(pull_clock.client_cpu, 2),
+        "pull_points": res.points.num_rows,
+        "baseline_pull_single_full_export_s": round(base_pull_s, 2),
+        "pull_ratio_vs_single_export": round(base_pull_s / pull_s, 2),
+        "client_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(), indent=2))

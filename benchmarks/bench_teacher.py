@@ -3,17 +3,20 @@
 Images: N real mnfinder pool images (512x512 to 1024x1024, 8/16-bit, all sizes), scored with the
 default preprocessing (224 px tiles at native resolution, at most 16 per image). For each teacher:
 
-* ``batched`` — ``predict_proba`` on all images, ``batch_size`` tiles per forward pass (best of
+* ``batched`` — ``predict_proba`` on all images, ``batch_size`` tiles per forward pass (default: the
+  backend's automatic CPU choice, conse 4, clip 32; best of
   ``--repeat`` passes, since other jobs may share the CPU);
 * ``baseline`` (same run) — one forward pass per tile (batch 1), the naive loop; the ratio says what
   batching buys;
 * ``whole_image`` — ``tile=0``: each image squashed into one 224 px input (what tiling avoids);
-* ``cache_hit`` — ``score_images`` over the same ids with a warm cache (no model call).
+* ``cache_hit`` — ``score_images`` over the same ids with a warm cache (no model call);
+* ``batch_sweep`` — model forward only, 32 random 224 px tiles, tiles/s at batch 1, 4, 8, 16, 32
+  (how the automatic batch sizes were chosen).
 
 Also: load time, tiles per image, tiles per CPU-second (steadier than wall time when other jobs share
 the CPU; use ``--threads 1`` for a per-core figure), peak RSS. Prints one JSON object.
 
-    python benchmarks/bench_teacher.py [--images 6] [--batch-size 16] [--threads 1] [--skip-clip]
+    python benchmarks/bench_teacher.py [--images 6] [--batch-size 0] [--threads 1] [--skip-clip]
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ def _time(fn, repeat: int = 1) -> tuple[float, float]:
 def _measure(teacher, images: list[np.ndarray], batch_size: int, repeat: int) -> dict:
     from nucleate.teacher import ProbsCache, score_images
 
+    batch_size = batch_size or teacher.batch_size  # 0: the backend's automatic choice for the device
     teacher.predict_proba(images[:1])  # warm-up (allocations, lazy name embeddings)
     tile = teacher.tile
     teacher.batch_size = batch_size
@@ -78,12 +82,24 @@ def _measure(teacher, images: list[np.ndarray], batch_size: int, repeat: int) ->
         calls = teacher.model_calls
         hit, _ = _time(lambda: score_images(teacher, ids, lambda i: images[int(i[3:])], cache=cache))
         assert teacher.model_calls == calls
+    sweep = {}
+    tiles32 = list(np.random.default_rng(0).integers(0, 256, (32, 224, 224, 3), dtype=np.uint8))
+    x = teacher._prepare(tiles32)
+    for bs in (1, 4, 8, 16, 32):
+        def forward(bs=bs):
+            with torch.inference_mode():
+                for s in range(0, 32, bs):
+                    teacher._embed(x[s : s + bs])
+        forward()
+        sweep[bs] = 32 / _time(forward, repeat)[0]
     n = len(images)
     return {
+        "batch_sweep_tiles_per_s": sweep,
         "teacher_id": teacher.teacher_id,
         "images": n,
         "tiles": n_tiles,
         "tiles_per_image": n_tiles / n,
+        "batch_size": batch_size,
         "forward_passes_batched": passes,
         "batched_images_per_s": n / batched,
         "batched_tiles_per_s": n_tiles / batched,
@@ -99,7 +115,7 @@ def _measure(teacher, images: list[np.ndarray], batch_size: int, repeat: int) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=6)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=0, help="tiles per forward pass; 0: auto")
     parser.add_argument("--repeat", type=int, default=3, help="timed passes; the best is reported")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--skip-clip", action="store_true")

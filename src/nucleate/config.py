@@ -55,7 +55,7 @@ class TeacherParams:
     allow_download: bool = _f(False)  # clip: may fetch a hub id not yet in the local HF cache
     templates: tuple[str, ...] = _f(("a fluorescence microscopy image of {}.",))
     device: str = _f("auto", choices=("auto", "cpu", "cuda"))
-    batch_size: int = _f(16, min=1, max=4096)  # tiles per forward pass
+    batch_size: int = _f(0, min=0, max=4096)  # tiles per forward pass; 0 = auto (CPU: conse 4, clip 32; CUDA 64)
     tile: int = _f(224, min=0, max=8192)  # tile side, pixels at native resolution; 0 = whole image
     max_tiles: int = _f(16, min=1, max=1024)  # per image; larger images get larger (downscaled) tiles
     percentile_low: float = _f(0.5, min=0.0, max=50.0)  # 16-bit / gray images: clip below this percentile

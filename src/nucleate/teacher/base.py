@@ -131,7 +131,14 @@ class Teacher:
 
 
 class PixelTeacher(Teacher):
-    """Shared tile pipeline; subclasses implement :meth:`_prepare`, :meth:`_embed`, :meth:`_probs`."""
+    """Shared tile pipeline; subclasses implement :meth:`_prepare`, :meth:`_embed`, :meth:`_probs`.
+
+    ``batch_size`` is tiles per forward pass; 0 picks ``auto_batch_size[device type]`` (measured in
+    ``benchmarks/bench_teacher.py``: on CPU EfficientNet-Lite0 is fastest at 1-4 tiles per pass,
+    ViT-B/32 at 32).
+    """
+
+    auto_batch_size: dict[str, int] = {"cpu": 16, "cuda": 64}
 
     def __init__(
         self,
@@ -139,21 +146,21 @@ class PixelTeacher(Teacher):
         templates: Sequence[str],
         *,
         device: str = "auto",
-        batch_size: int = 16,
+        batch_size: int = 0,
         tile: int = 224,
         max_tiles: int = 16,
         percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
     ):
         self.classes, self.templates = check_prompts(classes, templates)
-        if batch_size < 1:
-            raise TeacherError(f"teacher.batch_size must be >= 1, got {batch_size}")
+        if batch_size < 0:
+            raise TeacherError(f"teacher.batch_size must be >= 0 (0 = auto), got {batch_size}")
         if tile < 0 or max_tiles < 1:
             raise TeacherError(f"need teacher.tile >= 0 and teacher.max_tiles >= 1, got {tile} and {max_tiles}")
         low, high = (float(p) for p in percentiles)
         if not 0.0 <= low < high <= 100.0:
             raise TeacherError(f"teacher percentiles must satisfy 0 <= low < high <= 100, got ({low}, {high})")
         self.device = resolve_device(device)
-        self.batch_size = int(batch_size)
+        self.batch_size = int(batch_size) or self.auto_batch_size[self.device.type]
         self.tile = int(tile)
         self.max_tiles = int(max_tiles)
         self.percentiles = (low, high)

@@ -51,6 +51,7 @@ class ClipTeacher(PixelTeacher):
     """Zero-shot CLIP teacher over an already-loaded model and processor (see :func:`load_clip`)."""
 
     backend = "clip"
+    auto_batch_size = {"cpu": 32, "cuda": 64}
 
     def __init__(
         self,
@@ -61,7 +62,7 @@ class ClipTeacher(PixelTeacher):
         *,
         name: str = "clip",
         device: str = "auto",
-        batch_size: int = 16,
+        batch_size: int = 0,
         tile: int = 224,
         max_tiles: int = 16,
         percentiles: tuple[float, float] = DEFAULT_PERCENTILES,

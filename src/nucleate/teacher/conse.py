@@ -84,6 +84,7 @@ class ConseTeacher(PixelTeacher):
     """Offline ConSE teacher (see the module docstring); build it with :func:`load_conse`."""
 
     backend = "conse"
+    auto_batch_size = {"cpu": 4, "cuda": 64}
 
     def __init__(
         self,
@@ -93,7 +94,7 @@ class ConseTeacher(PixelTeacher):
         top_t: int = 10,
         temperature: float = 0.05,
         device: str = "auto",
-        batch_size: int = 16,
+        batch_size: int = 0,
         tile: int = 224,
         max_tiles: int = 16,
         percentiles: tuple[float, float] = DEFAULT_PERCENTILES,

@@ -129,6 +129,7 @@ def _bench(args, conn, ad: Adapter, one: Adapter, manifest: pa.Table, gt: pa.Tab
     with _Clock(server_pid) as push_clock:
         rep = ad.push(pid, records, round=1, predictions=preds, model_version="bench", classes=CLASSES)
     push_s = push_clock.wall
+    rss_after_push = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     assert len(rep.created) == args.n and rep.predictions == args.n
     t0 = time.perf_counter()
     again = ad.push(pid, records, round=1, predictions=preds, model_version="bench", classes=CLASSES)
@@ -168,6 +169,7 @@ def _bench(args, conn, ad: Adapter, one: Adapter, manifest: pa.Table, gt: pa.Tab
     with _Clock(server_pid) as pull_clock:
         res = ad.pull(pid_a, classes=CLASSES)
     pull_s = pull_clock.wall
+    rss_after_pull = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     assert res.annotations == args.n and res.points.num_rows == n_points, res.summary()
 
     t0 = time.perf_counter()
@@ -204,7 +206,9 @@ def _bench(args, conn, ad: Adapter, one: Adapter, manifest: pa.Table, gt: pa.Tab
         "pull_points": res.points.num_rows,
         "baseline_pull_single_full_export_s": round(base_pull_s, 2),
         "pull_ratio_vs_single_export": round(base_pull_s / pull_s, 2),
-        "client_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "client_peak_rss_mb_after_push": round(rss_after_push, 1),
+        "client_peak_rss_mb_after_pull": round(rss_after_pull, 1),
+        "client_peak_rss_mb_after_baselines": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
 
 

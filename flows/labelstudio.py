@@ -22,7 +22,7 @@ import os
 import time
 import urllib.parse
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -370,8 +370,12 @@ class Adapter:
         return self._call("list tasks", fetch)
 
     def export(self, project_id: int, task_ids: Sequence[int]) -> list[dict[str, Any]]:
-        """Full task JSON (annotations included) for ``task_ids``, at most ``batch_size`` (and 900) tasks per
-        request.
+        """Full task JSON (annotations included) for ``task_ids`` (see :meth:`export_pages`)."""
+        return [t for page in self.export_pages(project_id, task_ids) for t in page]
+
+    def export_pages(self, project_id: int, task_ids: Sequence[int]) -> Iterator[list[dict[str, Any]]]:
+        """Full task JSON (annotations included) for ``task_ids``, one list per request of at most
+        ``batch_size`` (and 900) tasks; the next page is requested while the caller works on this one.
 
         The server reads the subset from ``ids[]`` query parameters (SDK 2.1.2 sends ``ids``, which the
         server ignores, returning the whole project), and Django refuses more than 1,000 query fields.
@@ -385,20 +389,18 @@ class Adapter:
             return self._call("export annotations", lambda: b"".join(self._ls.projects.exports.download_sync(
                 project_id, export_type="JSON", download_all_tasks=True, request_options=options)))
 
-        out: list[dict[str, Any]] = []
-        # the next page is requested while this one is parsed (the server works while the client decodes)
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = pool.submit(fetch, pages[0]) if pages else None
             for k, page in enumerate(pages):
                 raw = pending.result()
                 pending = pool.submit(fetch, pages[k + 1]) if k + 1 < len(pages) else None
                 tasks = json.loads(raw)
+                del raw
                 wanted = set(map(int, page))
                 if any(t["id"] not in wanted for t in tasks):
                     raise LabelStudioError(f"export annotations: Label Studio at {self.conn.url} returned tasks "
                                            "that were not asked for (the ids[] filter is not supported here)")
-                out.extend(tasks)
-        return out
+                yield tasks
 
     def push(
         self,
@@ -514,10 +516,15 @@ class Adapter:
         wanted = None if rounds is None else {int(r) for r in rounds}
         in_round = [t for t in tasks if wanted is None or int(t["data"].get("round", -1)) in wanted]
         with_annotations = [t["id"] for t in in_round if t["total_annotations"] or t["cancelled_annotations"]]
-        full = {t["id"]: t for t in self.export(project_id, with_annotations)}
-        merged = [full.get(t["id"], {**t, "annotations": []}) for t in in_round]
         users = self.users()
-        result = collect_points(merged, classes=classes, users=users, rounds=None, expected_image_ids=None)
+        # page by page, so only one page of full task JSON is in memory at a time
+        parts, seen = [], set()
+        for page in self.export_pages(project_id, with_annotations):
+            seen.update(t["id"] for t in page)
+            parts.append(collect_points(page, classes=classes, users=users))
+        rest = [{**t, "annotations": []} for t in in_round if t["id"] not in seen]
+        parts.append(collect_points(rest, classes=classes, users=users))
+        result = PullResult.combine(parts)
         if expected_image_ids is not None:
             present = {str(t["data"].get("image_id")) for t in tasks}
             result.missing_image_ids = sorted({str(i) for i in expected_image_ids} - present)

@@ -286,10 +286,13 @@ def test_pull_writes_all_files_or_none(ls_adapter, sample_manifest, tmp_path, mo
 
     ls_adapter.annotate(rep.created[ids[1]], keypoint_results(np.array([[6.0, 5.0]]), ["nucleus"], 100, 100))
 
+    real_pages = ls_adapter.export_pages
+
     def broken_export(*args, **kwargs):                          # fault: the server goes away mid-pull
+        yield from real_pages(*args, **kwargs)
         raise ServerUnreachable("Label Studio at http://x is not reachable")
 
-    monkeypatch.setattr(ls_adapter, "export", broken_export)
+    monkeypatch.setattr(ls_adapter, "export_pages", broken_export)
     with pytest.raises(ServerUnreachable):
         pull_to_files(ls_adapter, pid, params, out_dir=out, log=lambda s: None)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before           # untouched, no temp files left
@@ -325,3 +328,30 @@ def test_predictions_outside_the_image_are_left_out_with_a_report(sample_manifes
     assert len(report.rejected_predictions) == 2
     assert "row 1" in report.rejected_predictions[0] and "outside the image" in report.rejected_predictions[0]
     assert "unknown label 'blob'" in report.rejected_predictions[1]
+
+
+@pytest.mark.slow
+def test_a_push_whose_response_is_lost_creates_nothing_twice(ls_adapter, sample_manifest):
+    import httpx
+
+    manifest, _ = sample_manifest
+    ids = _images(manifest, 4, square=None)
+    pid = _project(ls_adapter)
+    records = render_images(manifest, ids, ls_adapter.conn.files_root)
+    real_import = ls_adapter._import
+    calls = []
+
+    def import_then_lose_the_response(project_id, payload):       # fault: the batch lands, the answer is lost
+        calls.append(len(payload))
+        task_ids = real_import(project_id, payload)
+        if len(calls) == 1:
+            raise httpx.ReadTimeout("simulated: response lost")
+        return task_ids
+
+    ls_adapter._import = import_then_lose_the_response
+    ls_adapter.batch_size = 2
+    report = ls_adapter.push(pid, [records[i] for i in ids], round=1)
+    assert calls == [2, 2]                                         # first batch not re-sent, second sent once
+    tasks = ls_adapter.tasks(pid)
+    assert sorted(str(t["data"]["image_id"]) for t in tasks) == sorted(ids)  # no duplicates
+    assert report.created == {str(t["data"]["image_id"]): t["id"] for t in tasks}

@@ -218,6 +218,19 @@ class PullResult:
     missing_image_ids: list[str] = field(default_factory=list)
     annotators: dict[str, list[str]] = field(default_factory=dict)  # image_id -> annotators
 
+    @classmethod
+    def combine(cls, parts: Sequence[PullResult]) -> PullResult:
+        """One result from results of disjoint task sets (e.g. export pages)."""
+        out = cls(points=pa.concat_tables([p.points for p in parts]) if parts
+                  else SCHEMAS["points"].empty_table())
+        for p in parts:
+            for name in ("tasks", "annotated_tasks", "skipped_tasks", "annotations", "cancelled", "superseded"):
+                setattr(out, name, getattr(out, name) + getattr(p, name))
+            out.rejected.extend(p.rejected)
+            out.missing_image_ids.extend(p.missing_image_ids)
+            out.annotators.update(p.annotators)
+        return out
+
     def summary(self) -> dict[str, Any]:
         return {
             "tasks": self.tasks,

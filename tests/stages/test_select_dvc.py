@@ -1,0 +1,65 @@
+"""`dvc repro select` with the real dvc.yaml and params.yaml in a temp git repo (real sample images)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from nucleate.io import probs_table, read_table, write_table
+from tasks import ingest
+from tasks import select as stage
+
+pytestmark = pytest.mark.slow
+
+
+def _run(args, cwd):
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+           "DVC_NO_ANALYTICS": "1"}
+    return subprocess.run(args, cwd=cwd, env=env, check=True, capture_output=True, text=True)
+
+
+def test_dvc_repro_select_stage(repo_root, sample_dir, tmp_path):
+    repo = tmp_path / "project"
+    files = ["dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", "storage/.gitignore", "tasks/select.py"]
+    files += [p.relative_to(repo_root).as_posix() for p in (repo_root / "src/nucleate/selection").glob("*.py")]
+    for rel in files:
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(repo_root / rel, repo / rel)
+    storage = repo / "storage"
+    ingest.run(sample_dir / "images", storage / "manifest.parquet", log=lambda _: None)
+    manifest = read_table("manifest", storage / "manifest.parquet")
+    ids = manifest.column("image_id").to_pylist()
+    pool = [i for i, s in zip(ids, manifest.column("split").to_pylist(), strict=True) if s == "pool"]
+    classes = ["nucleus", "micronucleus", "background"]
+    probs = np.random.default_rng(0).dirichlet(np.ones(3), size=len(ids)).astype(np.float32)
+    write_table("teacher_probs", probs_table(ids, probs, classes=classes, teacher_id="t"),
+                storage / "teacher_probs.parquet")
+    gt = read_table("points", sample_dir / "points.parquet")
+    write_table("points", gt.filter(pc.is_in(gt.column("image_id"), pa.array(pool[:2]))),
+                storage / "points.parquet")
+    stage.write_inflight(storage / "inflight.parquet", pool[2:4], round=1)
+    _run(["git", "init", "-q"], repo)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], repo)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], repo)
+
+    out = _run([sys.executable, "-m", "dvc", "repro", "--single-item", "select"], repo)
+    assert "Running stage 'select'" in out.stdout
+    table = read_table("selection", storage / "selection.parquet")
+    picked = table.column("image_id").to_pylist()
+    assert len(picked) == 5 and set(picked) <= set(pool[4:])  # params.yaml: select.budget 5
+    assert table.column("round").to_pylist() == [2] * 5  # after in-flight round 1
+    assert "select:" in (repo / "dvc.lock").read_text()
+
+    params = (repo / "params.yaml").read_text()
+    assert "  budget: 5 " in params
+    (repo / "params.yaml").write_text(params.replace("  budget: 5 ", "  budget: 3 ", 1))
+    _run([sys.executable, "-m", "dvc", "repro", "--single-item", "select"], repo)
+    again = read_table("selection", storage / "selection.parquet").column("image_id").to_pylist()
+    assert again == picked[:3]  # greedy k-center: a smaller budget is a prefix of the larger one

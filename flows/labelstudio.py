@@ -423,35 +423,46 @@ class Adapter:
         """
         report = PushReport(project_id=project_id, round=int(round))
         existing = {str(t["data"].get("image_id")): t["id"] for t in self.tasks(project_id)}
-        todo = []
+        todo, queued = [], set()
         for rec in records:
             if rec.image_id in existing:
                 report.existing[rec.image_id] = existing[rec.image_id]
-            elif rec.image_id not in {r.image_id for r in todo}:
+            elif rec.image_id not in queued:
+                queued.add(rec.image_id)
                 todo.append(rec)
         preds = _group_predictions(predictions, {r.image_id: r for r in todo}, classes, report) \
             if predictions is not None else {}
-        for start in range(0, len(todo), self.batch_size):
-            batch = todo[start:start + self.batch_size]
-            payload = [self._task_json(rec, round, preds.get(rec.image_id), model_version, marker_pct)
-                       for rec in batch]
-            try:
-                ids = self._call("import tasks", self._import, project_id, payload, idempotent=False)
-            except UncertainOutcome:
-                # the request may or may not have landed: look, then send only what is missing
-                now = {str(t["data"].get("image_id")): t["id"] for t in self.tasks(project_id)}
-                missing = [p for p, rec in zip(payload, batch, strict=True) if rec.image_id not in now]
-                if missing:
-                    self._call("import tasks", self._import, project_id, missing, idempotent=False)
-                now = {str(t["data"].get("image_id")): t["id"] for t in self.tasks(project_id)}
-                ids = [now[rec.image_id] for rec in batch]
-            if len(ids) != len(batch):  # servers that do not return ids: look them up
-                now = {str(t["data"].get("image_id")): t["id"] for t in self.tasks(project_id)}
-                ids = [now[rec.image_id] for rec in batch]
-            for rec, tid in zip(batch, ids, strict=True):
-                report.created[rec.image_id] = int(tid)
-                report.predictions += rec.image_id in preds
+        batches = [todo[start:start + self.batch_size] for start in range(0, len(todo), self.batch_size)]
+
+        def build(batch: list[ImageRecord]) -> list[dict[str, Any]]:
+            return [self._task_json(rec, round, preds.get(rec.image_id), model_version, marker_pct) for rec in batch]
+
+        # batch k+1 is built while the server imports batch k (the client's JSON work overlaps the server's)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            payload = build(batches[0]) if batches else []
+            for k, batch in enumerate(batches):
+                sending = pool.submit(self._import_batch, project_id, batch, payload)
+                payload = build(batches[k + 1]) if k + 1 < len(batches) else []
+                for rec, tid in zip(batch, sending.result(), strict=True):
+                    report.created[rec.image_id] = int(tid)
+                    report.predictions += rec.image_id in preds
         return report
+
+    def _import_batch(self, project_id: int, batch: list[ImageRecord], payload: list[dict[str, Any]]) -> list[int]:
+        """Import one batch; task ids in batch order. A request that broke mid-way is checked against the
+        server, and only the tasks that did not land are sent again."""
+        try:
+            ids = self._call("import tasks", self._import, project_id, payload, idempotent=False)
+        except UncertainOutcome:
+            now = {str(t["data"].get("image_id")): t["id"] for t in self.tasks(project_id)}
+            missing = [p for p, rec in zip(payload, batch, strict=True) if rec.image_id not in now]
+            if missing:
+                self._call("import tasks", self._import, project_id, missing, idempotent=False)
+            ids = []
+        if len(ids) != len(batch):  # after a recovery, or a server that does not return ids: look them up
+            now = {str(t["data"].get("image_id")): t["id"] for t in self.tasks(project_id)}
+            ids = [now[rec.image_id] for rec in batch]
+        return ids
 
     def _import(self, project_id: int, payload: list[dict[str, Any]]) -> list[int]:
         """``POST /api/projects/{id}/import`` (synchronous in Label Studio OSS) -> the new task ids.

@@ -64,17 +64,25 @@ def test_annotator_sees_pre_annotations_clicks_and_submits(ls_server, sample_man
             ctx = browser.new_context(viewport={"width": 1400, "height": 900})
             ctx.route("**/*", guard)
             page = ctx.new_page()
+            page.set_default_timeout(120_000)                         # a loaded 2-core CI machine is slow
             page.goto(base + "/user/login/")
             page.fill("#email", creds["email"])
             page.fill("#password", creds["password"])
             with page.expect_navigation():
                 page.click("button[type=submit]")
             assert "/user/login" not in page.url, "login failed"
-            page.goto(f"{base}/projects/{pid}/data?task={task_id}")
-            page.wait_for_selector(".lsf-annotation-button", timeout=90_000)
+            # as a person does: open the project's task list, then the task. (Opening the task URL directly
+            # on a project nobody has opened yet races the Data Manager's first-view creation and the
+            # editor sometimes comes up without the pre-annotations.)
+            page.goto(f"{base}/projects/{pid}/data")
+            row = page.locator("[data-testid=table-row]").first
+            row.wait_for()
+            row.locator(".lsf-table__cell").nth(1).click()
+            page.wait_for_selector(".lsf-annotation-button")
+            assert f"task={task_id}" in page.url
             page.wait_for_selector("canvas")
             page.screenshot(path=str(tmp_path / "opened.png"))
-            page.wait_for_selector(".lsf-outliner-item", timeout=30_000)  # regions are drawn a moment later
+            page.wait_for_selector(".lsf-outliner-item")               # regions are drawn a moment later
             page.wait_for_timeout(1000)
             image = page.locator("img[src^='blob:']").first
             natural = image.evaluate("e => [e.naturalWidth, e.naturalHeight, e.complete]")
@@ -87,7 +95,7 @@ def test_annotator_sees_pre_annotations_clicks_and_submits(ls_server, sample_man
             page.wait_for_timeout(500)
             assert page.locator(".lsf-outliner-item").count() == 4
             page.get_by_role("button", name="Submit").click()
-            page.wait_for_selector("button:has-text('Update')", timeout=30_000)
+            page.wait_for_selector("button:has-text('Update')")        # saved: Submit became Update
             page.screenshot(path=str(tmp_path / "after.png"))
         finally:
             browser.close()

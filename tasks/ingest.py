@@ -33,6 +33,7 @@ from nucleate.io import (
     table_metadata,
     write_table,
 )
+from tasks._cli import fail, run_alone
 
 __all__ = ["IngestError", "IngestReport", "run", "command", "main"]
 
@@ -203,15 +204,12 @@ def command(
     try:
         run(folder, manifest, strict=strict, split=split, workers=workers)
     except (IngestError, FileNotFoundError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        fail(exc)
 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m tasks.ingest FOLDER [--manifest ...]``."""
-    app = typer.Typer(add_completion=False)
-    app.command()(command)
-    app(argv)
+    run_alone(command, argv)
 
 
 if __name__ == "__main__":

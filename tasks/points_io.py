@@ -25,6 +25,7 @@ import typer
 from nucleate.annotations.formats import ImportResult, from_coco, from_csv, from_qupath, to_coco, to_qupath
 from nucleate.config import ParamsError, load_params
 from nucleate.io import TableError, atomic_write_text, empty_table, read_table, write_table
+from tasks._cli import fail
 
 __all__ = ["export_points", "import_points", "image_names", "app", "main"]
 
@@ -149,8 +150,7 @@ def _classes(params: Path) -> tuple[str, ...]:
     try:
         return load_params(params).classes
     except (FileNotFoundError, ParamsError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        fail(exc)
 
 
 @app.command("export")
@@ -165,8 +165,7 @@ def export_command(
     try:
         written = export_points(points, manifest, fmt, out, _classes(params))
     except (FileNotFoundError, ValueError, TableError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        fail(exc)
     typer.echo(f"export: {len(written)} file(s) -> {out}")
 
 
@@ -189,8 +188,7 @@ def import_command(
         import_points(files, fmt, manifest, out, classes=classes, default_label=default_label or classes[0],
                       annotator=annotator, round=round, image=image, strict=strict)
     except (FileNotFoundError, ValueError, TableError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        fail(exc)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -48,6 +48,7 @@ from nucleate.io import (
 )
 from nucleate.metrics import dice, segmentation_scores
 from nucleate.pseudomask import IGNORE, METHODS, NUCLEUS, PointError, from_points
+from tasks._cli import fail, run_alone
 
 __all__ = ["PseudomaskError", "QCError", "PseudomaskReport", "run", "command", "main"]
 
@@ -257,15 +258,12 @@ def command(
         run(points, manifest, out, params=load_params(params), method=method, images=images,
             gold_masks=gold_masks, qc=qc)
     except (PseudomaskError, QCError, ParamsError, TableError, FileNotFoundError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        fail(exc)
 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m tasks.pseudomasks [--points ...] [--manifest ...] [--out ...]``."""
-    app = typer.Typer(add_completion=False)
-    app.command()(command)
-    app(argv)
+    run_alone(command, argv)
 
 
 if __name__ == "__main__":

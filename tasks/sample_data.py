@@ -31,6 +31,7 @@ import typer
 from nucleate.annotations import centroids_xy
 from nucleate.datasets.mnfinder import iter_mnfinder
 from nucleate.io import content_id, write_labels, write_table
+from tasks._cli import fail, run_alone
 
 __all__ = ["MNFINDER_REQUIREMENT", "locate_mnfinder", "run", "command", "main"]
 
@@ -114,8 +115,7 @@ def command(
     try:
         counts = run(out, install=install)
     except (FileNotFoundError, subprocess.CalledProcessError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        fail(exc)
     for split, c in counts.items():
         typer.echo(f"{split:5s} {c['images']:3d} images {c['nuclei']:5d} nuclei")
     typer.echo(f"-> {out}")
@@ -123,9 +123,7 @@ def command(
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m tasks.sample_data [--out ...]``."""
-    app = typer.Typer(add_completion=False)
-    app.command()(command)
-    app(argv)
+    run_alone(command, argv)
 
 
 if __name__ == "__main__":

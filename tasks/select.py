@@ -45,6 +45,7 @@ import typer
 from nucleate.config import ParamsError, load_params
 from nucleate.io import TableError, atomic_path, probs_array, read_table, table_metadata, write_table
 from nucleate.selection import STRATEGIES, select_scored
+from tasks._cli import fail, run_alone
 
 __all__ = ["SelectError", "SelectReport", "INFLIGHT_SCHEMA", "read_inflight", "write_inflight", "run", "command",
            "main"]
@@ -283,17 +284,14 @@ def command(
             typer.echo(f"error: {params}: {line}", err=True)
         raise typer.Exit(1) from None
     except (SelectError, FileNotFoundError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        fail(exc)
     for rank, (image_id, dist) in enumerate(zip(report.image_ids, report.min_distance, strict=True)):
         typer.echo(f"{rank:4d}  {image_id}" + ("" if dist is None else f"  {dist:.4f}"))
 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m tasks.select [--params ...] [--budget N] ...``."""
-    app = typer.Typer(add_completion=False)
-    app.command()(command)
-    app(argv)
+    run_alone(command, argv)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import typer
 from nucleate.config import Params, ParamsError, load_params
 from nucleate.io import read_image, read_table, table_metadata, write_table
 from nucleate.teacher import ProbsCache, TeacherError, load_teacher, score_images
+from tasks._cli import fail, run_alone
 
 __all__ = ["TeacherStageError", "TeacherReport", "teacher_options", "run", "command", "main"]
 
@@ -169,15 +170,12 @@ def command(
             typer.echo(f"error: {params}: {line}", err=True)
         raise typer.Exit(1) from None
     except (TeacherError, TeacherStageError, FileNotFoundError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        fail(exc)
 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m tasks.teacher [--manifest ...] [--out ...]``."""
-    app = typer.Typer(add_completion=False)
-    app.command()(command)
-    app(argv)
+    run_alone(command, argv)
 
 
 if __name__ == "__main__":

@@ -21,11 +21,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from scipy.optimize import linear_sum_assignment
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
-from scipy.spatial import cKDTree
 
+from nucleate import metrics
 from nucleate.io.tables import SCHEMAS, validate_table
 
 __all__ = [
@@ -43,47 +40,11 @@ def match_points(a: np.ndarray, b: np.ndarray, radius: float) -> tuple[np.ndarra
     """One-to-one matching of points ``a`` (N, 2) and ``b`` (M, 2), (x, y) pixels, within ``radius`` px.
 
     Returns ``(ia, ib)``: int64 index arrays of equal length, pair ``k`` matches ``a[ia[k]]`` with
-    ``b[ib[k]]``; sorted by ``ia``. Maximum number of pairs, then minimum total distance.
+    ``b[ib[k]]``; sorted by ``ia``. Maximum number of pairs, then minimum total distance — the same
+    matching as detection F1 (:func:`nucleate.metrics.match_points`), which does the work.
     """
-    if not radius > 0:
-        raise ValueError(f"radius must be > 0 px, got {radius}")
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 2)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 2)
-    empty = np.zeros(0, np.int64)
-    if not len(a) or not len(b):
-        return empty, empty
-    near = cKDTree(a).sparse_distance_matrix(cKDTree(b), radius, output_type="coo_matrix")
-    keep = near.data <= radius
-    rows, cols, dist = near.row[keep], near.col[keep], near.data[keep]
-    if not len(rows):
-        return empty, empty
-    n, m = len(a), len(b)
-    graph = coo_matrix((np.ones(len(rows)), (rows, n + cols)), shape=(n + m, n + m))
-    _, comp = connected_components(graph, directed=False)
-    pair_comp = comp[rows]
-    order = np.argsort(pair_comp, kind="stable")
-    bounds = np.flatnonzero(np.diff(pair_comp[order])) + 1
-    out_a, out_b = [], []
-    for idx in np.split(order, bounds):
-        r, c, d = rows[idx], cols[idx], dist[idx]
-        ur, ri = np.unique(r, return_inverse=True)
-        uc, ci = np.unique(c, return_inverse=True)
-        if len(idx) == 1:
-            out_a.append(ur)
-            out_b.append(uc)
-            continue
-        # infeasible pairs cost more than any complete set of feasible ones -> max cardinality first
-        big = radius * (min(len(ur), len(uc)) + 1) + 1.0
-        cost = np.full((len(ur), len(uc)), big)
-        cost[ri, ci] = d
-        pr, pc = linear_sum_assignment(cost)
-        ok = cost[pr, pc] < big
-        out_a.append(ur[pr[ok]])
-        out_b.append(uc[pc[ok]])
-    ia = np.concatenate(out_a).astype(np.int64)
-    ib = np.concatenate(out_b).astype(np.int64)
-    order = np.argsort(ia, kind="stable")
-    return ia[order], ib[order]
+    pairs = metrics.match_points(a, b, radius).pairs
+    return pairs[:, 0], pairs[:, 1]
 
 
 def pair_f1(tp: int, n_a: int, n_b: int) -> float:

@@ -20,8 +20,6 @@ and ``pcoreset`` works on it in place with O(N) extra memory; any other layout c
 
 from __future__ import annotations
 
-import operator
-
 import numpy as np
 
 from nucleate.selection.kcenter import KCenterResult, kcenter_greedy
@@ -32,6 +30,7 @@ from nucleate.selection.validation import (
     check_features,
     check_labeled,
     check_probs,
+    check_seed,
 )
 
 __all__ = [
@@ -68,14 +67,7 @@ def select_scored(
     n = probs.shape[0]
     labeled_rows = check_labeled(labeled, n)
     budget = check_budget(budget, n, labeled_rows.size)
-    if isinstance(seed, bool | np.bool_):
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    try:
-        seed = operator.index(seed)
-    except TypeError:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}") from None
-    if seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed}")
+    seed = check_seed(seed)
     if entry.needs_features:
         if features is None:
             raise ValueError(f"strategy {strategy!r} needs features: pass features=(N, F) array, row i = "

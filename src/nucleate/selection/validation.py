@@ -114,3 +114,16 @@ def check_budget(budget: object, n_rows: int, n_labeled: int) -> int:
         raise ValueError(f"budget {value} is larger than the unlabeled pool: {pool} rows "
                          f"({n_rows} rows - {n_labeled} labeled)")
     return value
+
+
+def check_seed(seed: object) -> int:
+    """Validate a random seed: a non-negative integer (bools refused)."""
+    if isinstance(seed, bool | np.bool_):
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    try:
+        value = operator.index(seed)
+    except TypeError:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}") from None
+    if value < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {value}")
+    return value

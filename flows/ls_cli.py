@@ -152,11 +152,11 @@ def push(
             raise ValueError("NUCLEATE_LS_FILES_ROOT is not set: point it at the server's "
                              "LOCAL_FILES_DOCUMENT_ROOT so images can be placed where Label Studio serves them")
         mv = model_version or (f"round-{r:03d}" if preds is not None else None)
-        project = adapter.ensure_project(params.labelstudio.project_title, params.classes, model_version=mv)
+        project = adapter.ensure_project(params.labelstudio.project_title, params.labels, model_version=mv)
         records = render_images(man, image_ids, conn.files_root)
         adapter.ensure_storage(project, conn.files_root / "images")
         report = adapter.push(project, [records[i] for i in image_ids], round=r, predictions=preds,
-                              model_version=mv, classes=params.classes,
+                              model_version=mv, classes=params.labels,
                               marker_pct=params.labelstudio.point_radius_pct)
     for line in report.lines():
         typer.echo(line)
@@ -200,7 +200,7 @@ def pull_to_files(adapter, project: int, params, *, out_dir: Path, rounds=None, 
     from nucleate.io import validate_table
 
     p = params.labelstudio
-    result = adapter.pull(project, classes=params.classes, rounds=rounds, expected_image_ids=expected)
+    result = adapter.pull(project, classes=params.labels, rounds=rounds, expected_image_ids=expected)
     agree = agreement(result.points, p.agreement_radius_px, annotators=result.annotators)
     consensus = consensus_table(result.points, p.agreement_radius_px, p.consensus_min_fraction,
                                 annotators=result.annotators)
@@ -274,5 +274,5 @@ def annotate_sim_command(
         project = adapter.find_project(params.labelstudio.project_title)
         report = annotate_sim(adapter, project, gt, annotator=annotator, params=params.labelstudio,
                               seed=params.seed, rounds=list(round) if round else None, limit=limit,
-                              classes=params.classes)
+                              classes=params.labels)
     typer.echo(report.line())

@@ -33,7 +33,7 @@ from nucleate.io import (
     table_metadata,
     write_table,
 )
-from tasks._cli import fail, run_alone
+from tasks._stage import fail, run_alone
 
 __all__ = ["IngestError", "IngestReport", "run", "command", "main"]
 

@@ -25,7 +25,7 @@ import typer
 from nucleate.annotations.formats import ImportResult, from_coco, from_csv, from_qupath, to_coco, to_qupath
 from nucleate.config import ParamsError, load_params
 from nucleate.io import TableError, atomic_write_text, empty_table, read_table, write_table
-from tasks._cli import fail
+from tasks._stage import fail
 
 __all__ = ["export_points", "import_points", "image_names", "app", "main"]
 
@@ -148,7 +148,7 @@ app = typer.Typer(no_args_is_help=True, help="Export/import point annotations (Q
 
 def _classes(params: Path) -> tuple[str, ...]:
     try:
-        return load_params(params).classes
+        return load_params(params).labels
     except (FileNotFoundError, ParamsError) as exc:
         fail(exc)
 

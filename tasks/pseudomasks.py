@@ -48,7 +48,7 @@ from nucleate.io import (
 )
 from nucleate.metrics import dice, segmentation_scores
 from nucleate.pseudomask import IGNORE, METHODS, NUCLEUS, PointError, from_points
-from tasks._cli import fail, run_alone
+from tasks._stage import fail, run_alone
 
 __all__ = ["PseudomaskError", "QCError", "PseudomaskReport", "run", "command", "main"]
 

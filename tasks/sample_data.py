@@ -31,7 +31,7 @@ import typer
 from nucleate.annotations import centroids_xy
 from nucleate.datasets.mnfinder import iter_mnfinder
 from nucleate.io import content_id, write_labels, write_table
-from tasks._cli import fail, run_alone
+from tasks._stage import fail, run_alone
 
 __all__ = ["MNFINDER_REQUIREMENT", "locate_mnfinder", "run", "command", "main"]
 

@@ -45,7 +45,7 @@ import typer
 from nucleate.config import ParamsError, load_params
 from nucleate.io import TableError, atomic_path, probs_array, read_table, table_metadata, write_table
 from nucleate.selection import STRATEGIES, select_scored
-from tasks._cli import fail, run_alone
+from tasks._stage import fail, run_alone
 
 __all__ = ["SelectError", "SelectReport", "INFLIGHT_SCHEMA", "read_inflight", "write_inflight", "run", "command",
            "main"]

@@ -26,7 +26,7 @@ import typer
 from nucleate.config import Params, ParamsError, load_params
 from nucleate.io import read_image, read_table, table_metadata, write_table
 from nucleate.teacher import ProbsCache, TeacherError, load_teacher, score_images
-from tasks._cli import fail, run_alone
+from tasks._stage import fail, run_alone
 
 __all__ = ["TeacherStageError", "TeacherReport", "teacher_options", "run", "command", "main"]
 
@@ -51,7 +51,7 @@ class TeacherReport:
 def teacher_options(params: Params) -> tuple[str, dict]:
     """(backend, keyword options for :func:`nucleate.teacher.load_teacher`) from validated params."""
     t = params.teacher
-    common = {"classes": params.classes, "templates": t.templates}
+    common = {"classes": t.classes, "templates": t.templates}
     pixel = {"device": t.device, "batch_size": t.batch_size, "tile": t.tile, "max_tiles": t.max_tiles,
              "percentiles": (t.percentile_low, t.percentile_high)}
     if t.backend == "conse":

@@ -23,7 +23,13 @@ from typing import Any
 import yaml
 
 __all__ = [
+    "EvaluateParams",
+    "LabelStudioParams",
     "Params",
+    "PseudomaskParams",
+    "SelectParams",
+    "TeacherParams",
+    "TrainParams",
     "ParamsError",
     "load_params",
     "params_from_dict",
@@ -50,6 +56,8 @@ def _f(default: Any, **meta: Any) -> Any:
 class TeacherParams:
     """Vision-language teacher that scores every pool image (stage ``teacher``)."""
 
+    # what the teacher is asked about; order = column order of teacher_probs (not what annotators click)
+    classes: tuple[str, ...] = _f(("nucleus", "micronucleus", "background"))
     backend: str = _f("conse", choices=("conse", "clip", "file"))
     model: str | None = _f(None)  # clip: hub id or local dir (None = openai/clip-vit-base-patch32); file: path
     allow_download: bool = _f(False)  # clip: may fetch a hub id not yet in the local HF cache
@@ -75,6 +83,8 @@ class SelectParams:
     budget: int = _f(5, min=1)  # images sent to annotators per round
     space: str = _f("teacher", choices=("teacher", "student"))  # whose probabilities are covered
     device: str = _f("auto", choices=("auto", "cpu", "cuda"))  # k-center on CUDA (torch) when available
+    # coreset / badge need the student's features table; true lets them use the probability rows instead
+    probs_as_features: bool = _f(False)
 
 
 @dataclass(frozen=True)
@@ -95,14 +105,32 @@ class LabelStudioParams:
 
 @dataclass(frozen=True)
 class PseudomaskParams:
-    """Points -> training masks (stage ``pseudomasks``)."""
+    """Points -> training masks (stage ``pseudomasks``; :func:`nucleate.pseudomask.from_points`).
+
+    Lengths are multiples of ``nucleus_radius_px`` (r, pixels). The defaults are the values tuned on the
+    sample pool + gold splits (BENCHMARKS.md); Qu et al.'s published recipe is the named preset
+    ``nucleate.pseudomask.PRESETS["qu2019"]``.
+    """
 
     method: str = _f("voronoi_cluster", choices=("voronoi", "cluster", "voronoi_cluster"))
-    nucleus_radius_px: float = _f(20.0, gt=0.0, max=500.0)  # nucleus scale in pixels (tuned on sample pool+gold)
+    nucleus_radius_px: float = _f(20.0, gt=0.0, max=500.0)  # nucleus scale in pixels
+    point_radius: float = _f(0.25, min=0.0, max=10.0)  # x r: nucleus disk around each point (Voronoi label)
+    distance_clip: float = _f(2.0, gt=0.0, max=100.0)  # x r: clip of the distance-to-point feature
     distance_weight: float = _f(1.2, min=0.0, max=100.0)  # k-means weight of the distance-to-point feature
-    dilate: float = _f(0.2, min=0.0, max=10.0)  # cluster refinement dilation, x nucleus_radius_px
-    erode: float = _f(0.2, min=0.0, max=10.0)  # cluster refinement erosion, x nucleus_radius_px
+    overlap_radius: float = _f(0.5, min=0.0, max=100.0)  # x r: point disks that tell the background cluster
+    background_margin: float = _f(1.0, min=0.0, max=100.0)  # x r: no background this close to a point
+    dilate: float = _f(0.2, min=0.0, max=10.0)  # cluster refinement dilation, x r
+    erode: float = _f(0.2, min=0.0, max=10.0)  # cluster refinement erosion, x r
+    min_area: float = _f(0.1, min=0.0, max=100.0)  # x pi r^2: smaller nucleus-cluster blobs are dropped
+    keep_unclicked: bool = _f(False)  # keep nucleus-cluster blobs without a click (Qu) instead of ignoring them
+    sample_pixels: int = _f(20_000, min=3, max=10**9)  # pixels the k-means is fitted on
     min_gold_dice: float = _f(0.9, min=0.0, max=1.0)  # QC gate: mean labeled-pixel Dice on gold images
+    min_gold_labeled_fraction: float = _f(0.1, min=0.0, max=1.0)  # QC gate: mean share of gold pixels labeled
+    min_gold_whole_dice: float = _f(0.5, min=0.0, max=1.0)  # QC gate: mean whole-image Dice on gold images
+
+    def px(self, name: str) -> float:
+        """Field ``name`` in pixels (its factor times ``nucleus_radius_px``)."""
+        return float(getattr(self, name)) * self.nucleus_radius_px
 
 
 @dataclass(frozen=True)
@@ -129,7 +157,7 @@ class Params:
     """All hyper-parameters; one attribute per top-level key of ``params.yaml``."""
 
     seed: int = _f(0, min=0, max=2**32 - 1)
-    classes: tuple[str, ...] = _f(("nucleus", "micronucleus", "background"))
+    labels: tuple[str, ...] = _f(("nucleus", "micronucleus"))  # point labels annotators click (Label Studio keys)
     teacher: TeacherParams = field(default_factory=TeacherParams)
     select: SelectParams = field(default_factory=SelectParams)
     labelstudio: LabelStudioParams = field(default_factory=LabelStudioParams)
@@ -161,6 +189,14 @@ def params_from_dict(raw: Any, source: str = "params") -> Params:
     return value
 
 
+#: keys of older params files -> how to update them (checked before "unknown key")
+MOVED_KEYS: dict[str, str] = {
+    "classes": "moved: the teacher's class list is now teacher.classes, and the point labels annotators click "
+    "are the top-level key labels (e.g. labels: [nucleus]); move the list under teacher: as classes: and add "
+    "labels: without background",
+}
+
+
 def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
     where = prefix.rstrip(".") or "<top level>"
     if not isinstance(raw, dict):
@@ -169,7 +205,10 @@ def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
-        if key not in fields:
+        moved = MOVED_KEYS.get(f"{prefix}{key}")
+        if key not in fields and moved:
+            problems.append(f"{prefix}{key}: {moved}")
+        elif key not in fields:
             hint = difflib.get_close_matches(str(key), list(fields), n=1)
             advice = f"; did you mean {prefix}{hint[0]}?" if hint else f"; known keys: {', '.join(fields)}"
             problems.append(f"{prefix}{key}: unknown key{advice}")

@@ -9,7 +9,31 @@ def test_repo_params_file_is_valid(repo_root):
     params = load_params(repo_root / "params.yaml")
     assert isinstance(params, Params)
     assert params.select.strategy == "pcoreset"
-    assert params.classes[0] == "nucleus"
+    assert params.teacher.classes[0] == "nucleus"
+    assert "background" not in params.labels
+
+
+def test_dataclass_defaults_equal_the_shipped_params_file(repo_root):
+    """One home for defaults: Params() is exactly what params.yaml says, key by key."""
+    import yaml
+
+    shipped = load_params(repo_root / "params.yaml")
+    assert shipped == Params()
+    raw = yaml.safe_load((repo_root / "params.yaml").read_text())
+    # every field is written out in params.yaml (nothing hides in the dataclasses only)
+    for f in dataclasses.fields(Params):
+        assert f.name in raw, f"params.yaml lacks {f.name}"
+        section = getattr(Params(), f.name)
+        if dataclasses.is_dataclass(section):
+            missing = [g.name for g in dataclasses.fields(section) if g.name not in raw[f.name]]
+            assert not missing, f"params.yaml section {f.name} lacks {missing}"
+
+
+def test_old_top_level_classes_says_how_to_update():
+    with pytest.raises(ParamsError) as err:
+        params_from_dict({"classes": ["nucleus", "background"]})
+    (line,) = err.value.problems
+    assert line.startswith("classes: moved") and "teacher.classes" in line and "labels" in line
 
 
 def test_params_are_frozen(repo_root):
@@ -44,9 +68,9 @@ def test_unknown_section_is_reported_with_suggestion():
         ({"select": {"strategy": "kmeans"}}, "select.strategy: must be one of"),
         ({"select": {"budget": "5"}}, "select.budget: expected an integer, got str '5'"),
         ({"select": {"budget": True}}, "select.budget: expected an integer, got bool"),
-        ({"classes": []}, "classes: must not be empty"),
-        ({"classes": ["a", "a"]}, "classes: has duplicate entries"),
-        ({"classes": "nucleus"}, "classes: expected a list of a string"),
+        ({"labels": []}, "labels: must not be empty"),
+        ({"teacher": {"classes": ["a", "a"]}}, "teacher.classes: has duplicate entries"),
+        ({"labels": "nucleus"}, "labels: expected a list of a string"),
         ({"teacher": 3}, "teacher: expected a mapping of keys"),
         ({"seed": -1}, "seed: must be >= 0, got -1"),
     ],

@@ -10,6 +10,7 @@ from nucleate.io.images import (
     write_image,
     write_labels,
 )
+from nucleate.io.layout import LAYOUT, Layout, MissingInput
 from nucleate.io.tables import (
     ORIGINS,
     SCHEMAS,
@@ -30,6 +31,9 @@ __all__ = [
     "SCHEMAS",
     "SPLITS",
     "ImageError",
+    "LAYOUT",
+    "Layout",
+    "MissingInput",
     "TableError",
     "atomic_path",
     "atomic_write_bytes",

@@ -53,7 +53,10 @@ def params_check(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: plain log lines on stderr, then the command."""
+    from tasks._stage import setup_logging
+
+    setup_logging()
     app()
 
 

@@ -12,9 +12,9 @@ thread pool), so a pool of 100k files never sits in memory.
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
@@ -33,19 +33,20 @@ from nucleate.io import (
     table_metadata,
     write_table,
 )
-from tasks._stage import fail, run_alone
+from nucleate.io.layout import LAYOUT
+from tasks._stage import Report, StageError, logger, run_alone, stage_errors
 
 __all__ = ["IngestError", "IngestReport", "run", "command", "main"]
 
 _BATCH = 256  # files decoded per thread-pool batch (bounds memory)
 
 
-class IngestError(RuntimeError):
+class IngestError(StageError):
     """Strict ingest found problems, or the manifest belongs to another folder."""
 
 
 @dataclass
-class IngestReport:
+class IngestReport(Report):
     """What one ingest did. ``skipped`` and ``missing`` hold (relative path, reason) pairs."""
 
     manifest: Path
@@ -57,6 +58,10 @@ class IngestReport:
     @property
     def total(self) -> int:
         return self.added + self.unchanged + len(self.missing)
+
+    def lines(self) -> list[str]:
+        return [f"ingest: {self.added} added, {self.unchanged} unchanged, {len(self.skipped)} skipped, "
+                f"{len(self.missing)} missing -> {self.manifest}"]
 
 
 def _walk(root: Path) -> Iterator[Path]:
@@ -101,26 +106,29 @@ def _inspect(path: Path, known: frozenset[str] | dict[str, str] = frozenset()) -
 
 
 def run(
+    *,
     folder: str | Path,
     manifest: str | Path,
-    *,
     strict: bool = False,
     split: str = "auto",
     workers: int = 2,
-    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+    log: logging.Logger | None = None,
 ) -> IngestReport:
     """Scan ``folder`` and write/extend the manifest at ``manifest``.
 
     ``split`` is ``pool``, ``gold``, ``test`` or ``auto`` (a top-level sub-folder named after a split
     sets it; everything else is ``pool``). Paths in the manifest are relative to ``folder``
-    (POSIX separators); ``folder`` itself is stored in the table metadata as ``root``.
+    (POSIX separators); ``folder`` itself is stored in the table metadata as ``root``. Ingest has no
+    hyper-parameters (no params section); ``workers`` only sets how many threads decode images.
     """
+    log = log or logger("ingest")
     root = Path(folder)
     manifest = Path(manifest)
     if split != "auto" and split not in SPLITS:
         raise ValueError(f"split must be auto or one of {', '.join(SPLITS)}, got {split!r}")
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: image folder not found")
+        raise FileNotFoundError(f"{root}: image folder not found; give the folder of your images "
+                                f"(or run `nucleate sample-data` for the sample images)")
     report = IngestReport(manifest)
 
     rows: dict[str, list] = {name: [] for name in ("image_id", "path", "width", "height", "channels",
@@ -161,7 +169,7 @@ def run(
                               "or save the new version under a new name")
                 if reason:
                     report.skipped.append((rel, reason))
-                    log(f"skipped {rel}: {reason}")
+                    log.warning(f"skipped {rel}: {reason}")
                     continue
                 by_id[image_id] = rel
                 rows["image_id"].append(image_id)
@@ -171,12 +179,12 @@ def run(
                     rows[key].append(value)
                 report.added += 1
             if len(seen) % (_BATCH * 40) == 0:
-                log(f"ingest: {len(seen)} files scanned")
+                log.info(f"ingest: {len(seen)} files scanned")
 
     for rel in rows["path"]:
         if rel not in seen:
             report.missing.append(rel)
-            log(f"missing {rel}: listed in {manifest.name} but not found under {root}; row kept")
+            log.warning(f"missing {rel}: listed in {manifest.name} but not found under {root}; row kept")
 
     if strict and (report.skipped or report.missing):
         raise IngestError(
@@ -184,16 +192,14 @@ def run(
             f"{manifest} not written (see the lines above)"
         )
     write_table("manifest", pa.table(rows), manifest, metadata={"root": str(root)})
-    log(
-        f"ingest: {report.added} added, {report.unchanged} unchanged, {len(report.skipped)} skipped, "
-        f"{len(report.missing)} missing -> {manifest}"
-    )
+    for line in report.lines():
+        log.info(line)
     return report
 
 
 def command(
     folder: Path = typer.Argument(..., help="Folder of PNG/TIFF/JPEG images, scanned recursively."),
-    manifest: Path = typer.Option(Path("storage/manifest.parquet"), help="Manifest table to write or extend."),
+    manifest: Path = typer.Option(LAYOUT.manifest, help="Manifest table to write or extend."),
     strict: bool = typer.Option(False, help="Fail (write nothing) if any file is skipped or missing."),
     split: str = typer.Option(
         "auto", help="pool | gold | test | auto (auto: a top-level sub-folder named pool/gold/test sets it)."
@@ -201,10 +207,8 @@ def command(
     workers: int = typer.Option(2, min=1, help="Threads decoding images (one image in memory per thread)."),
 ) -> None:
     """Scan FOLDER for images and write the manifest (one row per unique image, content-hash id)."""
-    try:
-        run(folder, manifest, strict=strict, split=split, workers=workers)
-    except (IngestError, FileNotFoundError, ValueError) as exc:
-        fail(exc)
+    with stage_errors():
+        run(folder=folder, manifest=manifest, strict=strict, split=split, workers=workers)
 
 
 def main(argv: list[str] | None = None) -> None:

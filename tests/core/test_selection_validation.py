@@ -32,7 +32,7 @@ def test_first_bad_probability_row_is_named_with_its_value(n, c, data, bad):
     with pytest.raises(ValueError) as err:
         select(strategy, probs, budget=1, features=np.ones((n, 2)))
     message = str(err.value)
-    assert f"probs row {rows[0]}" in message
+    assert f"probs row {rows[0]}:" in message
     if bad == "sum":
         assert f"sums to {probs[rows[0]].sum():.6f}" in message
     else:
@@ -42,7 +42,7 @@ def test_first_bad_probability_row_is_named_with_its_value(n, c, data, bad):
 def test_rows_summing_to_one_within_tolerance_are_accepted():
     probs = np.array([[0.5, 0.5009], [0.4995, 0.5]])
     assert select("pcoreset", probs, budget=1).tolist() in ([0], [1])
-    with pytest.raises(ValueError, match=r"probs row 0 sums to 1\.001100"):
+    with pytest.raises(ValueError, match=r"probs row 0: sums to 1\.001100; each row must sum to 1 \(±0\.001\)"):
         select("pcoreset", np.array([[0.5, 0.5011], [0.5, 0.5]]), budget=1)
 
 

@@ -15,8 +15,10 @@ from nucleate.io import (
     probs_table,
     read_table,
     table_metadata,
+    tables,
     write_table,
 )
+from nucleate.io.tables import PROB_SUM_TOLERANCE, features_array, find_bad_prob_row
 
 NOW = datetime(2026, 11, 27, tzinfo=UTC)
 
@@ -25,6 +27,8 @@ ROWS = {
         "image_id": ["a" * 32, "b" * 32], "path": ["x/1.png", "2.tif"], "width": [10, 20], "height": [5, 6],
         "channels": [1, 3], "dtype": ["uint8", "uint16"], "split": ["pool", "gold"], "bytes": [100, 200],
     },
+    "inflight": {"image_id": ["a", "b"], "round": [2, 3], "task_id": [17, None]},
+    "student_features": {"image_id": ["a", "b"], "features": [[0.5, -1.0, 2.0], [0.0, 0.0, 1.0]]},
     "selection": {
         "round": [1, 1], "rank": [0, 1], "image_id": ["a", "b"], "strategy": ["pcoreset"] * 2,
         "min_distance": [0.5, None],
@@ -142,3 +146,115 @@ def test_missing_file_and_unknown_kind(tmp_path):
         read_table("manifest", tmp_path / "nope.parquet")
     with pytest.raises(ValueError, match="unknown table kind 'manfest'"):
         read_table("manfest", tmp_path / "nope.parquet")
+
+
+# ------------------------------------------------------------------ the one probability-row rule
+
+# float32-exact rows on either side of 1 ± PROB_SUM_TOLERANCE (1e-3): 1 + 1/1024 and 1 + 17/16384
+JUST_INSIDE = [0.5, 0.5009765625]  # sums to 1.0009765625
+JUST_OUTSIDE = [0.5, 0.50103759765625]  # sums to 1.00103759765625
+
+
+def test_find_bad_prob_row_names_the_first_bad_row_and_why():
+    assert PROB_SUM_TOLERANCE == 1e-3
+    good = np.array([[0.25, 0.75], JUST_INSIDE, [1.0 - 0.0009765625, 0.0]])
+    assert find_bad_prob_row(good) is None
+    bad = find_bad_prob_row(np.array([[0.5, 0.5], JUST_OUTSIDE, [np.nan, 1.0]]))
+    assert (bad.row, bad.problem, bad.column) == (1, "sum", None) and bad.value == 1.00103759765625
+    assert bad.describe().startswith("sums to 1.001038; each row must sum to 1 (±0.001)")
+    bad = find_bad_prob_row(np.array([[0.5, 0.5], [1.5, -0.5], [np.nan, 1.0]]))
+    assert (bad.row, bad.problem, bad.column, bad.value) == (1, "negative", 1, -0.5)
+    assert bad.describe(["n", "bg"]) == "class 1 (bg) is -0.5; probabilities must be >= 0"
+    bad = find_bad_prob_row(np.array([[0.5, 0.5], [1.0, np.inf]]))
+    assert (bad.row, bad.problem, bad.column) == (1, "non-finite", 1)
+    assert bad.describe() == "class 1 is inf; probabilities must be finite"
+
+
+def test_find_bad_prob_row_across_chunks(monkeypatch):
+    monkeypatch.setattr(tables, "_PROB_CHUNK_ROWS", 4)
+    probs = np.full((11, 2), 0.5)
+    assert find_bad_prob_row(probs) is None
+    probs[9] = [0.5, 0.6]
+    probs[10] = [np.nan, 0.5]
+    assert find_bad_prob_row(probs).row == 9
+
+
+@pytest.mark.parametrize("caller", ["teacher_probs table", "student_probs table", "select()", "file teacher"])
+def test_one_tolerance_for_every_probability_reader(caller, tmp_path):
+    """The same rows are accepted / rejected by the tables, selection and the file teacher."""
+    from nucleate.selection import select
+    from nucleate.teacher import load_teacher
+
+    def check(row):
+        probs = np.array([[0.25, 0.75], row], np.float32)
+        if caller.endswith("table"):
+            table = probs_table(["a", "b"], probs, classes=["n", "bg"], teacher_id="t")
+            write_table(caller.split()[0], table, tmp_path / "p.parquet")
+        elif caller == "select()":
+            select("pcoreset", probs, budget=1)
+        else:
+            path = tmp_path / "p.csv"
+            path.write_text("image_id,n,bg\na,0.25,0.75\nb," + ",".join(repr(float(v)) for v in row) + "\n")
+            load_teacher("file", classes=["n", "bg"], model=str(path))
+
+    check(JUST_INSIDE)
+    with pytest.raises(ValueError, match=r"row 1\b.*sums to 1\.001038; each row must sum to 1 \(±0\.001\)"):
+        check(JUST_OUTSIDE)
+
+
+def test_student_probs_is_the_teacher_probs_schema(tmp_path):
+    assert SCHEMAS["student_probs"] == SCHEMAS["teacher_probs"]
+    table = probs_table(["a", "a"], np.array([[0.5, 0.5]] * 2, np.float32), classes=["n", "b"], teacher_id="s")
+    with pytest.raises(TableError, match=r"s\.parquet: column 'image_id' repeats 'a' \(rows 0 and 1\)"):
+        write_table("student_probs", table, tmp_path / "s.parquet")
+
+
+# ------------------------------------------------------------------ in-flight and student features tables
+
+
+@pytest.mark.parametrize(("columns", "pattern"), [
+    ({"id": ["a"], "round": [1], "task_id": [1]},
+     r"inflight\.parquet: inflight table is missing column 'image_id' \(string\)"),
+    ({"image_id": ["a", None], "round": [1, 1], "task_id": [1, 2]},
+     r"inflight\.parquet: column 'image_id' is empty \(null\) at row 1"),
+    ({"image_id": ["a", "b", "c"], "round": [1, None, 2], "task_id": [1, 2, 3]},
+     r"column 'round' is empty \(null\) at row 1"),
+    ({"image_id": ["a"], "round": [1.5], "task_id": [1]}, r"column 'round' has type double, expected int32"),
+    ({"image_id": ["a"], "round": [1], "task_id": ["t"]}, r"column 'task_id' has type string, expected int64"),
+])
+def test_bad_inflight_tables_name_file_column_and_row(tmp_path, columns, pattern):
+    path = tmp_path / "inflight.parquet"
+    pq.write_table(pa.table(columns), path)
+    with pytest.raises(TableError, match=pattern):
+        read_table("inflight", path)
+
+
+def test_inflight_task_id_is_optional_in_value_but_not_as_a_column(tmp_path):
+    path = tmp_path / "inflight.parquet"
+    write_table("inflight", {"image_id": ["a"], "round": [1], "task_id": [None]}, path)
+    assert read_table("inflight", path).column("task_id").to_pylist() == [None]
+    pq.write_table(pa.table({"image_id": ["a"], "round": [1]}), path)
+    with pytest.raises(TableError, match="missing column 'task_id'"):
+        read_table("inflight", path)
+
+
+@pytest.mark.parametrize(("features", "ids", "pattern"), [
+    ([[1.0, 2.0], [1.0]], ["a", "b"], r"f\.parquet: column 'features' row 1 \(image_id b\) has 1 values, row 0 has 2"),
+    ([[], []], ["a", "b"], r"column 'features' row 0 \(image_id a\) has no values"),
+    ([[1.0, 2.0], [1.0, float("nan")]], ["a", "b"], r"row 1 \(image_id b\) value 1 is nan; features must be finite"),
+    ([[1.0], [2.0]], ["a", "a"], r"column 'image_id' repeats 'a' \(rows 0 and 1\)"),
+    ([[1.0], None], ["a", "b"], r"column 'features' is empty \(null\) at row 1"),
+])
+def test_bad_student_features_name_file_column_and_row(tmp_path, features, ids, pattern):
+    path = tmp_path / "f.parquet"
+    pq.write_table(pa.table({"image_id": ids, "features": pa.array(features, pa.list_(pa.float64()))}), path)
+    with pytest.raises(TableError, match=pattern):
+        read_table("student_features", path)
+
+
+def test_features_array_is_float32_rows(tmp_path):
+    path = tmp_path / "f.parquet"
+    write_table("student_features", ROWS["student_features"], path)
+    array = features_array(read_table("student_features", path))
+    assert array.dtype == np.float32 and array.tolist() == [[0.5, -1.0, 2.0], [0.0, 0.0, 1.0]]
+    assert features_array(empty_table("student_features")).shape == (0, 0)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from nucleate.device import DeviceError
 from nucleate.teacher import TeacherError, load_teacher, to_rgb8
 from nucleate.teacher.random_clip import save_random_clip
 
@@ -187,7 +188,8 @@ def test_unknown_backend_and_option():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised when CUDA is absent")
 def test_cuda_requested_without_cuda(clip_dir):
-    with pytest.raises(TeacherError, match="no CUDA device.*auto or cpu"):
+    with pytest.raises(DeviceError, match="teacher.device is 'cuda' but torch sees no CUDA device; set teacher.device "
+                       "to auto or cpu"):
         load_teacher("clip", classes=CLASSES, model=str(clip_dir), device="cuda")
 
 

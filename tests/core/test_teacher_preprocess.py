@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nucleate.io.images import percentile_stretch
 from nucleate.teacher import tile_boxes, to_rgb8
 from nucleate.teacher.preprocess import image_tiles
 
@@ -36,6 +37,15 @@ def test_dim_uint8_gray_is_stretched_and_flat_image_is_black():
     assert not to_rgb8(np.full((8, 8), 700, np.uint16)).any()
 
 
+def test_to_rgb8_is_the_shared_stretch_repeated_into_rgb():
+    """The teacher sees exactly nucleate.io.images.percentile_stretch (its edge rules are tested there)."""
+    gray = RNG.integers(0, 4096, (30, 40), dtype=np.uint16)
+    gray[0, :5] = 60_000
+    out = to_rgb8(gray, (0.5, 99.8))
+    expected = percentile_stretch(gray, (0.5, 99.8))
+    assert all(np.array_equal(out[..., c], expected) for c in range(3))
+
+
 def test_uint16_rgb_uses_one_range_for_all_channels():
     rgb = np.zeros((10, 10, 3), np.uint16)
     rgb[..., 0], rgb[..., 1] = 1000, 500
@@ -46,11 +56,11 @@ def test_uint16_rgb_uses_one_range_for_all_channels():
 @pytest.mark.parametrize(
     ("image", "message"),
     [(np.zeros((4, 4, 2), np.uint8), "shape"), (np.zeros((0, 4), np.uint8), "no pixels"),
-     (np.array([[np.nan, 1.0]]), "NaN"), (np.zeros((3, 3), bool), "pixel type")],
+     (np.zeros((3, 3), bool), "pixel type"), (np.zeros((4, 4), np.uint16), "percentiles")],
 )
 def test_bad_images_raise(image, message):
     with pytest.raises(ValueError, match=message):
-        to_rgb8(image)
+        to_rgb8(image, (0.5, 99.8) if message != "percentiles" else (60.0, 40.0))
 
 
 def test_small_image_is_one_tile_and_tile_zero_disables_tiling():

@@ -172,11 +172,11 @@ def _set(key, values):
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [(_drop("micronucleus"), "no column for class.*micronucleus"),
-     (_set("mitosis", [0.0, 0.0, 0.0]), "mitosis are not in `classes`"),
+     (_set("mitosis", [0.0, 0.0, 0.0]), "mitosis are not in teacher.classes"),
      (_drop("image_id"), "no 'image_id' column"),
      (_set("image_id", ["a", "b", "a"]), "'a' repeats \\(rows 0 and 2\\)"),
      (_set("nucleus", [0.2, 0.1, 0.9]), "row 2 \\(image_id c\\).*sums to"),
-     (_set("nucleus", [-0.1, 0.2, 0.3]), "row 0"),
+     (_set("nucleus", [-0.1, 0.2, 0.3]), "row 0 \\(image_id a\\).*class 0 \\(nucleus\\) is -0.1"),
      (_set("nucleus", ["x", "y", "z"]), "column 'nucleus' has type")],
 )
 def test_file_teacher_validation_names_the_problem(tmp_path, mutate, message):

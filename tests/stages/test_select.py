@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import logging
+from dataclasses import replace
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+import torch
+import typer
 from typer.testing import CliRunner
 
+from nucleate.config import SelectParams
+from nucleate.device import DeviceError
 from nucleate.io import probs_table, read_table, table_metadata, write_table
+from nucleate.io.layout import MissingInput
 from nucleate.selection import select
 from tasks import ingest
 from tasks import select as stage
+from tasks._stage import StageError
 
 CLASSES = ["nucleus", "micronucleus", "background"]
 
@@ -46,19 +55,55 @@ def tree(base, tmp_path, sample_dir):
     return tmp_path, manifest, probs, pool, labeled
 
 
-def _run(path, **kw):
-    lines: list[str] = []
+class _Lines(logging.Handler):
+    """Collects the messages a stage logs."""
+
+    def __init__(self):
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def _logger(name="test.select"):
+    handler = _Lines()
+    log = logging.getLogger(f"{name}.{id(handler)}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    log.addHandler(handler)
+    return log, handler.lines
+
+
+def _run(path, seed=0, **kw):
+    """Run the stage on the tree at ``path``; keywords named like SelectParams fields set the params."""
+    params = SelectParams(device="cpu")
+    params = replace(params, **{k: kw.pop(k) for k in list(kw) if k in SelectParams.__dataclass_fields__})
+    kw.setdefault("manifest", path / "manifest.parquet")
+    kw.setdefault("probs", path / "teacher_probs.parquet")
     kw.setdefault("points", path / "points.parquet")
     kw.setdefault("inflight", path / "inflight.parquet")
-    report = stage.run(path / "manifest.parquet", path / "teacher_probs.parquet", path / "selection.parquet",
-                       log=lines.append, **kw)
+    kw.setdefault("out", path / "selection.parquet")
+    log, lines = _logger()
+    report = stage.run(params, seed, log=log, **kw)
     return report, lines
+
+
+def _inflight(path, image_ids, round_no):
+    write_table("inflight", {"image_id": image_ids, "round": [round_no] * len(image_ids),
+                             "task_id": list(range(100, 100 + len(image_ids)))}, path / "inflight.parquet")
+
+
+def _features(path, ids, dim=8, seed=0):
+    feats = np.random.default_rng(seed).normal(size=(len(ids), dim)).astype(np.float32)
+    write_table("student_features", {"image_id": ids, "features": feats.tolist()}, path / "features.parquet")
+    return dict(zip(ids, feats, strict=True))
 
 
 def test_selection_skips_labeled_and_inflight_and_matches_the_core(tree):
     path, manifest, probs, pool, labeled = tree
     inflight = pool[10:12]
-    stage.write_inflight(path / "inflight.parquet", inflight, round=2)
+    _inflight(path, inflight, 2)
     report, lines = _run(path, strategy="pcoreset", budget=5)
 
     table = read_table("selection", path / "selection.parquet")
@@ -80,8 +125,11 @@ def test_selection_skips_labeled_and_inflight_and_matches_the_core(tree):
 
     meta = table_metadata(table)
     assert (meta["candidates"], meta["labeled"], meta["inflight"]) == (len(candidates), 3, 2)
-    assert meta["teacher_id"] == "test-dirichlet" and meta["space"] == "teacher"
-    assert report.image_ids == picked and any("round 3" in line for line in lines)
+    assert meta["teacher_id"] == "test-dirichlet" and meta["space"] == "teacher" and meta["features"] is None
+    assert report.image_ids == picked and report.round == 3 and lines == []
+    assert report.lines()[0].startswith("select: round 3: pcoreset picked 5 of 25 candidate(s) (3 labeled, 2 in")
+    assert report.lines()[1] == f"   0  {picked[0]}  {dist[0]:.4f}" and len(report.lines()) == 6
+    assert report.as_dict()["out"] == str(path / "selection.parquet")
 
 
 def test_rounds_never_reselect_inflight_images(tree):
@@ -92,15 +140,15 @@ def test_rounds_never_reselect_inflight_images(tree):
         assert report.round == round_no
         assert not set(report.image_ids) & (set(seen) | set(labeled))
         seen += report.image_ids
-        stage.write_inflight(path / "inflight.parquet", seen, round=round_no)
+        _inflight(path, seen, round_no)
     assert sorted(seen) == sorted(set(pool) - set(labeled))  # 27 images, then nothing is left
-    with pytest.raises(stage.SelectError, match="nothing left to select: all 30 pool image"):
+    with pytest.raises(StageError, match="nothing left to select: all 30 pool image"):
         _run(path, budget=4)
 
 
 def test_budget_larger_than_the_pool_selects_the_rest(tree):
     path, _, _, pool, labeled = tree
-    stage.write_inflight(path / "inflight.parquet", pool[:20], round=1)
+    _inflight(path, pool[:20], 1)
     report, lines = _run(path, strategy="entropy", budget=50)
     assert sorted(report.image_ids) == sorted(set(pool[20:]) - set(labeled))
     assert any("only 10 selectable image(s) left" in line for line in lines)
@@ -128,62 +176,153 @@ def test_pool_images_without_probabilities_are_reported_and_skipped(tree):
     assert any("2 pool image(s) have no row" in line for line in lines)
 
 
-def test_strategies_with_features(tree):
-    path, _, probs, pool, _ = tree
+def test_coreset_uses_the_student_features_table(tree):
+    path, manifest, probs, pool, labeled = tree
     ids = list(probs)
-    feats = np.random.default_rng(0).normal(size=(len(ids), 8)).astype(np.float32)
-    offsets = pa.array(np.arange(0, feats.size + 1, 8, dtype=np.int32))
-    pq.write_table(pa.table({"image_id": ids, "features": pa.ListArray.from_arrays(offsets,
-                                                                                  pa.array(feats.ravel()))}),
-                   path / "features.parquet")
-    report, _ = _run(path, strategy="coreset", budget=4, features=path / "features.parquet")
-    assert len(report.image_ids) == 4 and all(d is not None for d in report.min_distance)
-    report, lines = _run(path, strategy="badge", budget=4, seed=3)
-    assert len(set(report.image_ids)) == 4
-    assert any("uses the teacher probability rows as features" in line for line in lines)
+    feats = _features(path, ids)
+    report, lines = _run(path, strategy="coreset", budget=4, features=path / "features.parquet")
+    centres = [i for i in manifest.column("image_id").to_pylist() if i in set(labeled)]
+    candidates = [i for i in pool if i not in set(labeled)]
+    expected = select("coreset", np.stack([probs[i] for i in candidates + centres]), budget=4,
+                      labeled=np.arange(len(candidates), len(candidates) + len(centres)),
+                      features=np.stack([feats[i] for i in candidates + centres]))
+    assert report.image_ids == [candidates[i] for i in expected]
+    assert all(d is not None for d in report.min_distance) and not any("features" in line for line in lines)
+    assert table_metadata(read_table("selection", path / "selection.parquet"))["features"] == "student_features"
+
+
+@pytest.mark.parametrize("strategy", ["coreset", "badge"])
+def test_feature_strategies_without_features_name_the_missing_file(tree, strategy):
+    path = tree[0]
+    with pytest.raises(MissingInput) as err:
+        _run(path, strategy=strategy, budget=3, features=path / "student_features.parquet")
+    message = str(err.value)
+    assert message.startswith(f"{path / 'student_features.parquet'}: student features not found; produce it with "
+                              "`nucleate train`")
+    assert "select.probs_as_features: true" in message and "\n" not in message
+    assert not (path / "selection.parquet").exists()
+    with pytest.raises(MissingInput, match=r"^storage/student_features\.parquet: student features not found"):
+        _run(path, strategy=strategy, budget=3)  # no path given: the layout's
+
+
+@pytest.mark.parametrize("strategy", ["coreset", "badge"])
+def test_probs_as_features_uses_the_probability_rows_and_says_so(tree, strategy):
+    path, manifest, probs, pool, labeled = tree
+    report, lines = _run(path, strategy=strategy, budget=4, seed=3, probs_as_features=True,
+                         features=path / "student_features.parquet")  # absent, and not needed
+    assert lines[-1] == (f"select: {strategy} uses the teacher probability rows as features "
+                         "(select.probs_as_features: true)")
+    centres = [i for i in manifest.column("image_id").to_pylist() if i in set(labeled)]
+    candidates = [i for i in pool if i not in set(labeled)]
+    matrix = np.stack([probs[i] for i in candidates + centres])
+    expected = select(strategy, matrix, budget=4, seed=3, features=matrix,
+                      labeled=np.arange(len(candidates), len(matrix)))
+    assert report.image_ids == [candidates[i] for i in expected]
+    assert table_metadata(read_table("selection", path / "selection.parquet"))["features"] == "teacher_probs"
+
+
+def test_features_table_must_cover_every_image_and_follow_its_schema(tree):
+    path, _, probs, pool, _ = tree
+    _features(path, [i for i in probs if i != pool[3]])
+    with pytest.raises(StageError, match=rf"features\.parquet: no features for 1 of the 30 image\(s\) selection "
+                                         rf"needs \(e\.g\. {pool[3]}\)"):
+        _run(path, strategy="coreset", budget=2, features=path / "features.parquet")
+    pq.write_table(pa.table({"image_id": list(probs)[:2], "features": [[1.0, 2.0], [1.0]]}), path / "bad.parquet")
+    with pytest.raises(ValueError, match=r"bad\.parquet: column 'features' row 1 \(image_id \w+\) has 1 values"):
+        _run(path, strategy="coreset", budget=2, features=path / "bad.parquet")
 
 
 @pytest.mark.parametrize(("table", "pattern"), [
-    (pa.table({"id": ["a"]}), "needs an 'image_id' column"),
-    (pa.table({"image_id": pa.array(["a", None])}), r"'image_id' is empty \(null\) at row 1"),
-    (pa.table({"image_id": [1, 2]}), "'image_id' has type int64, expected string"),
+    (pa.table({"id": ["a"], "round": [1], "task_id": [1]}), "inflight table is missing column 'image_id'"),
+    (pa.table({"image_id": pa.array(["a", None]), "round": [1, 1], "task_id": [1, 2]}),
+     r"'image_id' is empty \(null\) at row 1"),
+    (pa.table({"image_id": ["a", "b"], "round": [1, None], "task_id": [1, 2]}), r"'round' is empty \(null\) at row 1"),
 ])
 def test_bad_inflight_files_are_named(tree, table, pattern):
     path = tree[0]
     pq.write_table(table, path / "inflight.parquet")
-    with pytest.raises(ValueError, match=pattern):
+    with pytest.raises(ValueError, match=rf"^{path / 'inflight.parquet'}: .*{pattern}"):
         _run(path, budget=2)
     assert not (path / "selection.parquet").exists()
 
 
-def test_student_space_without_student_probabilities(tree):
+def test_missing_inputs_name_the_producing_command(tree):
     path = tree[0]
-    with pytest.raises(FileNotFoundError, match="student probabilities not found"):
-        stage.run(path / "manifest.parquet", path / "student_probs.parquet", path / "sel.parquet", space="student",
-                  log=lambda _: None)
+    with pytest.raises(MissingInput, match=r"student_probs\.parquet: student probs not found; produce it with "
+                                           r"`nucleate train`.*set select\.space: teacher"):
+        _run(path, space="student", probs=path / "student_probs.parquet")
+    with pytest.raises(MissingInput, match=r"nope\.parquet: manifest not found; produce it with `nucleate ingest"):
+        _run(path, manifest=path / "nope.parquet")
+    (path / "teacher_probs.parquet").unlink()
+    with pytest.raises(MissingInput, match=r"teacher_probs\.parquet: teacher probs not found; produce it with "
+                                           r"`nucleate teacher`"):
+        _run(path)
 
 
-def test_cli_reads_params_and_overrides(tree):
+def test_student_space_reads_the_student_probs_table(tree):
+    path, _, probs, pool, _ = tree
+    ids = list(probs)
+    table = probs_table(ids, np.stack([probs[i] for i in ids]), classes=CLASSES, teacher_id="unused")
+    meta = {**table.schema.metadata, b"nucleate.model_id": b'"student-r1"'}
+    write_table("student_probs", table.replace_schema_metadata(meta), path / "student_probs.parquet")
+    report, _ = _run(path, space="student", probs=path / "student_probs.parquet", budget=2)
+    meta = table_metadata(read_table("selection", path / "selection.parquet"))
+    assert meta["space"] == "student" and meta["model_id"] == "student-r1" and len(report.image_ids) == 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
+def test_cuda_device_without_cuda_names_the_setting(tree):
+    with pytest.raises(DeviceError, match="^select.device is 'cuda' but torch sees no CUDA device"):
+        _run(tree[0], device="cuda", budget=1)
+
+
+def _cli():
+    app = typer.Typer(add_completion=False)
+    app.command()(stage.command)
+    return app
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cli_log_handler(monkeypatch):
+    """setup_logging binds its handler to the sys.stderr of the first CliRunner call, closed by the next one;
+    give each test its own (the real CLI runs once per process)."""
+    monkeypatch.setattr(logging.getLogger("nucleate"), "handlers", [])
+
+
+def test_cli_reads_params_and_the_dvc_flags(tree):
     path, _, _, pool, labeled = tree
     params = path / "params.yaml"
     params.write_text("seed: 4\nselect:\n  strategy: random\n  budget: 3\n  device: cpu\n")
     args = ["--params", str(params), "--manifest", str(path / "manifest.parquet"),
             "--teacher-probs", str(path / "teacher_probs.parquet"), "--points", str(path / "points.parquet"),
             "--inflight", str(path / "inflight.parquet"), "--out", str(path / "selection.parquet")]
-    from flows.cli import app
-
-    result = CliRunner().invoke(app, ["select", *args])
+    result = CliRunner().invoke(_cli(), args)
     assert result.exit_code == 0, result.output
     table = read_table("selection", path / "selection.parquet")
     assert table.num_rows == 3 and set(table.column("strategy").to_pylist()) == {"random"}
     assert table_metadata(table)["seed"] == 4
+    assert result.stdout.splitlines()[0].startswith("select: round 2: random picked 3 of 27 candidate(s)")
 
-    result = CliRunner().invoke(app, ["select", *args, "--strategy", "margin", "--budget", "2", "--round", "7"])
+    result = CliRunner().invoke(_cli(), [*args, "--round", "7"])
     assert result.exit_code == 0, result.output
-    table = read_table("selection", path / "selection.parquet")
-    assert table.column("round").to_pylist() == [7, 7] and table.column("strategy")[0].as_py() == "margin"
+    assert read_table("selection", path / "selection.parquet").column("round").to_pylist() == [7, 7, 7]
 
     params.write_text("select:\n  strategy: kcenter\n  budgett: 3\n")
-    result = CliRunner().invoke(app, ["select", *args])
+    result = CliRunner().invoke(_cli(), args)
     assert result.exit_code == 1
     assert "select.strategy: must be one of" in result.output and "did you mean select.budget" in result.output
+
+
+def test_cli_missing_features_is_one_line(tree):
+    path = tree[0]
+    params = path / "params.yaml"
+    params.write_text("select:\n  strategy: coreset\n  device: cpu\n")
+    result = CliRunner().invoke(_cli(), ["--params", str(params), "--manifest", str(path / "manifest.parquet"),
+                                         "--teacher-probs", str(path / "teacher_probs.parquet"),
+                                         "--features", str(path / "student_features.parquet"),
+                                         "--out", str(path / "selection.parquet")])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"error: {path / 'student_features.parquet'}: student features not found; produce it with `nucleate train` "
+        "(or `dvc repro train`), or set select.probs_as_features: true"]
+    assert "Traceback" not in result.output

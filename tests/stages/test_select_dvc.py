@@ -11,12 +11,25 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+import yaml
 
 from nucleate.io import probs_table, read_table, write_table
 from tasks import ingest
-from tasks import select as stage
 
 pytestmark = pytest.mark.slow
+
+
+def copy_stage_files(repo_root, repo, stage):
+    """Copy the DVC project files and every code dependency ``dvc.yaml`` lists for ``stage`` into ``repo``."""
+    deps = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"][stage]["deps"]
+    for rel in ["dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", "storage/.gitignore",
+                *(d for d in deps if not d.startswith(("storage/", "$")))]:
+        src, dst = repo_root / rel, repo / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copyfile(src, dst)
 
 
 def _run(args, cwd):
@@ -27,11 +40,7 @@ def _run(args, cwd):
 
 def test_dvc_repro_select_stage(repo_root, sample_dir, tmp_path):
     repo = tmp_path / "project"
-    files = ["dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", "storage/.gitignore", "tasks/select.py"]
-    files += [p.relative_to(repo_root).as_posix() for p in (repo_root / "src/nucleate/selection").glob("*.py")]
-    for rel in files:
-        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(repo_root / rel, repo / rel)
+    copy_stage_files(repo_root, repo, "select")
     storage = repo / "storage"
     ingest.run(sample_dir / "images", storage / "manifest.parquet", log=lambda _: None)
     manifest = read_table("manifest", storage / "manifest.parquet")
@@ -44,7 +53,8 @@ def test_dvc_repro_select_stage(repo_root, sample_dir, tmp_path):
     gt = read_table("points", sample_dir / "points.parquet")
     write_table("points", gt.filter(pc.is_in(gt.column("image_id"), pa.array(pool[:2]))),
                 storage / "points.parquet")
-    stage.write_inflight(storage / "inflight.parquet", pool[2:4], round=1)
+    write_table("inflight", {"image_id": pool[2:4], "round": [1, 1], "task_id": [11, 12]},
+                storage / "inflight.parquet")
     _run(["git", "init", "-q"], repo)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], repo)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], repo)

@@ -7,6 +7,9 @@ Pixel arrays are indexed (row, col) = (y, x):
   rejected (one image per file). Other dtypes (float, int32...) are rejected with advice.
 * label images (instance masks): ``(H, W)`` ``int32`` TIFF, 0 = background, 1..N = instances;
   ``uint8`` semantic masks (0 bg, 1 nucleus, 255 ignore) are written as PNG or TIFF.
+
+:func:`percentile_stretch` is the one contrast stretch of the project (annotator display PNGs, the
+teacher's 8-bit input, intensity features): clip to an image's [low, high] percentiles and rescale.
 """
 
 from __future__ import annotations
@@ -29,11 +32,16 @@ __all__ = [
     "write_image",
     "read_labels",
     "write_labels",
+    "STRETCH_PERCENTILES",
+    "percentile_stretch",
 ]
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 _TIFF = (".tif", ".tiff")
 _CHUNK = 1 << 20
+#: default [low, high] percentiles of :func:`percentile_stretch` (display PNGs, intensity features)
+STRETCH_PERCENTILES = (0.5, 99.5)
+_STRETCH_CHUNK = 1 << 20  # values per float64 block in percentile_stretch (8 MiB)
 
 
 class ImageError(ValueError):
@@ -193,3 +201,77 @@ def write_labels(path: str | Path, labels: np.ndarray) -> None:
             Image.fromarray(labels).save(tmp, format="PNG")
     else:
         raise ValueError(f"{path}: write int32 labels as .tif; uint8 as .tif or .png")
+
+
+def percentile_stretch(
+    image: np.ndarray,
+    percentiles: tuple[float, float] = STRETCH_PERCENTILES,
+    *,
+    dtype: type[np.uint8] | type[np.float32] = np.uint8,
+    sample: np.ndarray | None = None,
+) -> np.ndarray:
+    """Clip ``image`` to its [low, high] ``percentiles`` and rescale linearly: the one contrast stretch.
+
+    ``image``: ``(H, W)`` or ``(H, W, C)``, any integer or float dtype. Returns the same shape as ``dtype``:
+    ``float32`` (0..1) or ``uint8`` (the same stretch onto 0..255, rounded half to even). The rule, edge
+    cases included:
+
+    * **uint8 colour passes unchanged**: a ``uint8`` ``(H, W, C)`` image (brightfield / H&E RGB, already
+      meant for display) is returned as is (``uint8``) or divided by 255 (``float32``). Everything else
+      (every gray image, 8-bit included, and every 16-bit or float image) is stretched as follows.
+    * **range**: ``lo``, ``hi`` = the ``low`` and ``high`` percentiles (numpy's linear interpolation) of the
+      finite values of all channels together (colour ratios survive); of the pixels ``sample`` only when given
+      (flat row-major pixel indices into ``H * W``, for a cheaper estimate on large images).
+    * **near-constant image** (``hi == lo``, e.g. > 99 % of the pixels share one value): ``lo``, ``hi`` =
+      the finite minimum and maximum instead, so a few bright nuclei on a flat background still show.
+    * **constant image, or no finite value**: all zeros.
+    * **stretch**: ``(x - lo) / (hi - lo)`` clipped to [0, 1], computed in float64 on blocks of rows (extra
+      memory: 8 MiB plus the result). Non-finite pixels never set the range; NaN and -inf map to 0, +inf
+      to 1 (255).
+
+    Raises ``ValueError`` for another shape, an empty or boolean image, or percentiles outside
+    ``0 <= low < high <= 100``.
+    """
+    image = np.asarray(image)
+    low, high = (float(p) for p in percentiles)
+    if not 0.0 <= low < high <= 100.0:
+        raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got ({low}, {high})")
+    if image.ndim not in (2, 3):
+        raise ValueError(f"expected an (H, W) or (H, W, C) image, got shape {image.shape}")
+    if image.size == 0:
+        raise ValueError(f"image has no pixels (shape {image.shape})")
+    if image.dtype == bool or image.dtype.kind not in "uif":
+        raise ValueError(f"unsupported pixel type {image.dtype}; expected integers or floats")
+    if dtype not in (np.uint8, np.float32):
+        raise ValueError(f"dtype must be numpy.uint8 or numpy.float32, got {dtype!r}")
+    if image.dtype == np.uint8 and image.ndim == 3:
+        if dtype is np.uint8:
+            return np.ascontiguousarray(image)
+        return image.astype(np.float32) / np.float32(255.0)
+
+    pixels = image.reshape(image.shape[0] * image.shape[1], -1)
+    values = pixels if sample is None else pixels[np.asarray(sample)]
+    floating = image.dtype.kind == "f"
+    if floating:
+        values = values[np.isfinite(values)]
+    lo = hi = 0.0
+    if values.size:
+        lo, hi = (float(v) for v in np.percentile(values, [low, high]))
+        if not hi > lo:
+            lo, hi = float(values.min()), float(values.max())
+    if not hi > lo:
+        return np.zeros(image.shape, dtype)
+
+    top = 255.0 if dtype is np.uint8 else 1.0
+    scale = top / (hi - lo)
+    out = np.empty(image.shape, dtype)
+    step = max(1, _STRETCH_CHUNK // max(1, pixels.shape[1] * image.shape[1]))
+    for start in range(0, image.shape[0], step):  # float64 arithmetic on row blocks: bounded extra memory
+        block = image[start:start + step].astype(np.float64)
+        if floating:
+            np.nan_to_num(block, copy=False, nan=lo, posinf=hi, neginf=lo)
+        block -= lo
+        block *= scale
+        np.clip(block, 0.0, top, out=block)
+        out[start:start + step] = np.rint(block, out=block) if dtype is np.uint8 else block
+    return out

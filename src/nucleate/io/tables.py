@@ -4,8 +4,14 @@ Kinds (see DESIGN.md, "Data contracts"):
 
 * ``manifest`` — one row per pool image. ``path`` is relative to the folder that was ingested
   (stored in the schema metadata as ``root``); ``width``/``height`` in pixels.
-* ``teacher_probs`` — one row per image; ``probs`` has one float32 per class, rows sum to 1.
+* ``teacher_probs`` — one row per image; ``probs`` has one float32 per class, every row a probability
+  row (:func:`find_bad_prob_row`: finite, >= 0, summing to 1 ± :data:`PROB_SUM_TOLERANCE`).
   Schema metadata: ``classes`` (JSON list) and ``teacher_id``.
+* ``student_probs`` — the same schema and rules, from the trained student (metadata ``classes``, ``model_id``).
+* ``student_features`` — one row per image (``image_id`` unique); ``features`` is the student's pooled
+  embedding, float32, finite, the same length on every row (used by the ``coreset`` / ``badge`` strategies).
+* ``inflight`` — images pushed to annotators and not finished: ``image_id``, ``round`` (the round that
+  pushed it), ``task_id`` (the Label Studio task, null when unknown).
 * ``selection`` — the images picked in a round, ``rank`` 0 first.
 * ``points`` — one clicked (or ground-truth) nucleus centre per row. ``x`` = column, ``y`` = row,
   float64 pixels, origin at the top-left corner of the top-left pixel (its centre is (0.5, 0.5)).
@@ -15,7 +21,8 @@ Kinds (see DESIGN.md, "Data contracts"):
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +45,10 @@ __all__ = [
     "table_metadata",
     "probs_table",
     "probs_array",
+    "features_array",
+    "PROB_SUM_TOLERANCE",
+    "BadProbRow",
+    "find_bad_prob_row",
 ]
 
 SPLITS = ("pool", "gold", "test")
@@ -62,6 +73,19 @@ SCHEMAS: dict[str, pa.Schema] = {
         [
             pa.field("image_id", pa.string(), nullable=False),
             pa.field("probs", pa.list_(pa.float32()), nullable=False),
+        ]
+    ),
+    "student_features": pa.schema(
+        [
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("features", pa.list_(pa.float32()), nullable=False),
+        ]
+    ),
+    "inflight": pa.schema(
+        [
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("round", pa.int32(), nullable=False),
+            pa.field("task_id", pa.int64(), nullable=True),
         ]
     ),
     "selection": pa.schema(
@@ -106,9 +130,18 @@ _ENUMS: dict[str, dict[str, tuple[str, ...]]] = {
 _UNIQUE: dict[str, tuple[str, ...]] = {
     "manifest": ("image_id",),
     "teacher_probs": ("image_id",),
+    "student_probs": ("image_id",),
+    "student_features": ("image_id",),
     "pseudomask_index": ("image_id",),
 }
+#: kinds holding one probability row per image (same schema, same checks)
+PROB_KINDS = ("teacher_probs", "student_probs")
+SCHEMAS["student_probs"] = SCHEMAS["teacher_probs"]
+
+#: A probability row may sum to 1 ± this (float64 sum of its values as given). The one tolerance of the
+#: project: tables, :func:`nucleate.selection.select` and the ``file`` teacher all use :func:`find_bad_prob_row`.
 PROB_SUM_TOLERANCE = 1e-3
+_PROB_CHUNK_ROWS = 65_536
 
 
 class TableError(ValueError):
@@ -198,31 +231,101 @@ def _check_values(kind: str, table: pa.Table, source: str) -> None:
             if bad.any():
                 row = int(np.flatnonzero(bad)[0])
                 raise TableError(f"{source}: column '{axis}' row {row} is {values[row]}; must be finite")
-    if kind == "teacher_probs":
+    if kind in PROB_KINDS:
         _check_probs(table, source)
+    if kind == "student_features":
+        _check_features(table, source)
+
+
+@dataclass(frozen=True)
+class BadProbRow:
+    """The first row of a probability matrix that breaks the rule of :func:`find_bad_prob_row`.
+
+    ``problem`` is ``non-finite`` or ``negative`` (``column`` = the first such class, ``value`` its value) or
+    ``sum`` (``column`` None, ``value`` = the row's float64 sum).
+    """
+
+    row: int
+    problem: str
+    column: int | None
+    value: float
+
+    def describe(self, classes: Sequence[str] | None = None) -> str:
+        """What is wrong, e.g. ``class 1 (micronucleus) is nan; probabilities must be finite``."""
+        if self.problem == "sum":
+            return (f"sums to {self.value:.6f}; each row must sum to 1 (±{PROB_SUM_TOLERANCE}): "
+                    "pass probabilities (softmax outputs), not logits or scores")
+        name = f" ({classes[self.column]})" if classes is not None and self.column < len(classes) else ""
+        rule = "finite" if self.problem == "non-finite" else ">= 0"
+        return f"class {self.column}{name} is {self.value}; probabilities must be {rule}"
+
+
+def find_bad_prob_row(probs: np.ndarray) -> BadProbRow | None:
+    """The first row of ``probs`` (N, C) that is not a probability row, or None when all are.
+
+    The rule (one for the whole project): every value finite and >= 0, and the row's sum, computed in
+    float64 over the values as given, within :data:`PROB_SUM_TOLERANCE` of 1. Rows are checked in chunks of
+    65,536, so a (1e6, 50) matrix never costs an (N, C) temporary. Callers add where the row came from.
+    """
+    array = np.asarray(probs)
+    for start in range(0, array.shape[0], _PROB_CHUNK_ROWS):
+        chunk = array[start:start + _PROB_CHUNK_ROWS]
+        finite = np.isfinite(chunk)
+        sums = chunk.sum(axis=1, dtype=np.float64)
+        bad = ~finite.all(axis=1) | (chunk < 0).any(axis=1) | ~(np.abs(sums - 1.0) <= PROB_SUM_TOLERANCE)
+        if not bad.any():
+            continue
+        local = int(np.flatnonzero(bad)[0])
+        values = chunk[local]
+        if not finite[local].all():
+            col = int(np.flatnonzero(~finite[local])[0])
+            return BadProbRow(start + local, "non-finite", col, float(values[col]))
+        if (values < 0).any():
+            col = int(np.flatnonzero(values < 0)[0])
+            return BadProbRow(start + local, "negative", col, float(values[col]))
+        return BadProbRow(start + local, "sum", None, float(sums[local]))
+    return None
+
+
+def _list_lengths(table: pa.Table, name: str) -> tuple[pa.Array, np.ndarray]:
+    column = table.column(name).combine_chunks()
+    return column, pc.list_value_length(column).to_numpy(zero_copy_only=False)
 
 
 def _check_probs(table: pa.Table, source: str) -> None:
-    probs = table.column("probs").combine_chunks()
-    lengths = pc.list_value_length(probs).to_numpy(zero_copy_only=False)
+    probs, lengths = _list_lengths(table, "probs")
     meta = table_metadata(table)
-    n_classes = len(meta["classes"]) if "classes" in meta else (int(lengths[0]) if len(lengths) else 0)
+    classes = meta.get("classes")
+    n_classes = len(classes) if classes is not None else (int(lengths[0]) if len(lengths) else 0)
     if (lengths != n_classes).any():
         row = int(np.flatnonzero(lengths != n_classes)[0])
         raise TableError(f"{source}: probs row {row} has {lengths[row]} values, expected {n_classes} (classes)")
     if not len(lengths):
         return
     flat = probs.flatten().to_numpy(zero_copy_only=False).reshape(len(lengths), n_classes)
-    bad = ~np.isfinite(flat).all(1) | (flat < 0).any(1)
-    sums = flat.sum(1, dtype=np.float64)
-    bad |= np.abs(sums - 1.0) > PROB_SUM_TOLERANCE
+    bad = find_bad_prob_row(flat)
+    if bad is not None:
+        image_id = table.column("image_id")[bad.row].as_py()
+        raise TableError(f"{source}: probs row {bad.row} (image_id {image_id}): {bad.describe(classes)}")
+
+
+def _check_features(table: pa.Table, source: str) -> None:
+    features, lengths = _list_lengths(table, "features")
+    if not len(lengths):
+        return
+    bad_len = (lengths == 0) | (lengths != lengths[0])
+    if bad_len.any():
+        row = int(np.flatnonzero(bad_len)[0])
+        what = "has no values" if lengths[row] == 0 else f"has {lengths[row]} values, row 0 has {lengths[0]}"
+        raise TableError(f"{source}: column 'features' row {row} (image_id {table.column('image_id')[row].as_py()}) "
+                         f"{what}; every image needs a feature vector of the same, non-zero length")
+    flat = features.flatten().to_numpy(zero_copy_only=False).reshape(len(lengths), int(lengths[0]))
+    bad = ~np.isfinite(flat).all(axis=1)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        image_id = table.column("image_id")[row].as_py()
-        raise TableError(
-            f"{source}: probs row {row} (image_id {image_id}) = {flat[row].tolist()} sums to "
-            f"{sums[row]:.6f}; each row must be non-negative, finite and sum to 1 (±{PROB_SUM_TOLERANCE})"
-        )
+        col = int(np.flatnonzero(~np.isfinite(flat[row]))[0])
+        raise TableError(f"{source}: column 'features' row {row} (image_id {table.column('image_id')[row].as_py()}) "
+                         f"value {col} is {flat[row, col]}; features must be finite")
 
 
 def read_table(kind: str, path: str | Path) -> pa.Table:
@@ -288,8 +391,17 @@ def probs_table(image_ids: Any, probs: np.ndarray, *, classes: list[str], teache
 
 
 def probs_array(table: pa.Table) -> np.ndarray:
-    """The ``probs`` column of a validated ``teacher_probs`` table as a (N, C) float32 array."""
-    probs = table.column("probs").combine_chunks()
-    n = len(probs)
-    flat = probs.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    return flat.reshape(n, -1) if n else np.zeros((0, len(table_metadata(table).get("classes", []))), np.float32)
+    """The ``probs`` column of a validated ``teacher_probs`` / ``student_probs`` table as (N, C) float32."""
+    return _list_matrix(table, "probs", len(table_metadata(table).get("classes", [])))
+
+
+def features_array(table: pa.Table) -> np.ndarray:
+    """The ``features`` column of a validated ``student_features`` table as (N, F) float32."""
+    return _list_matrix(table, "features", 0)
+
+
+def _list_matrix(table: pa.Table, name: str, empty_width: int) -> np.ndarray:
+    column = table.column(name).combine_chunks()
+    n = len(column)
+    flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return flat.reshape(n, -1) if n else np.zeros((0, empty_width), np.float32)

@@ -4,15 +4,17 @@ Public API (DESIGN.md)::
 
     select(strategy, probs, *, budget, labeled=None, seed=0, features=None) -> np.ndarray[int64]
 
-``probs`` (N, C): one probability row per image (finite, >= 0, rows sum to 1 ± 1e-3). ``labeled``: row
+``probs`` (N, C): one probability row per image (the rule of :func:`nucleate.io.tables.find_bad_prob_row`:
+finite, >= 0, rows sum to 1 ± ``PROB_SUM_TOLERANCE``). ``labeled``: row
 indices already annotated (never picked; the initial centres of the k-center strategies). ``features``
 (N, F): per-image feature vectors, required by ``coreset`` and ``badge``. Returns ``budget`` distinct row
 indices in pick order. Strategies: see :mod:`nucleate.selection.strategies` (``pcoreset`` is the default
 of the pipeline). Bad input raises ``ValueError`` naming the first bad row and its value.
 
 Two keyword arguments beyond the DESIGN signature choose where the k-center strategies run:
-``backend`` (``numpy`` default, ``torch``, or ``auto`` = torch on CUDA when available) and ``device``
-(torch only). Every backend returns the same picks (see :mod:`nucleate.selection.kcenter`).
+``backend`` (``numpy`` default, ``torch``, or ``auto`` = torch when ``device`` resolves to CUDA, else numpy)
+and ``device`` (``auto``/``cpu``/``cuda``, resolved by :func:`nucleate.device.resolve_device`). Every
+backend returns the same picks (see :mod:`nucleate.selection.kcenter`).
 
 Memory: pass ``probs`` as a float32 Fortran-ordered array (``np.asfortranarray(p, dtype=np.float32)``)
 and ``pcoreset`` works on it in place with O(N) extra memory; any other layout costs one float32 copy.

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nucleate.device import resolve_device
+
 __all__ = ["KCenterResult", "kcenter_greedy", "columns_float32", "resolve_backend", "mean_row"]
 
 METRICS = ("euclidean", "cosine")
@@ -86,20 +88,21 @@ def mean_row(cols: np.ndarray) -> np.ndarray:
 
 
 def resolve_backend(backend: str, device: str | None = None) -> tuple[str, str | None]:
-    """Map (``backend``, ``device``) to a concrete pair: ``auto`` = torch on CUDA when available, else numpy."""
+    """Map (``backend``, ``device``) to a concrete pair (backend, torch device string or None).
+
+    The device rule is :func:`nucleate.device.resolve_device` (``None`` = ``auto``). ``numpy`` ignores
+    ``device``; ``torch`` runs on the resolved device; ``auto`` = torch when the resolved device is CUDA,
+    else numpy (so ``auto`` + ``cpu`` is numpy and ``auto`` + ``cuda`` is torch on CUDA, or an error
+    without one).
+    """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "numpy":
         return "numpy", None
-    import torch
-
-    if backend == "auto":
-        return ("torch", "cuda") if torch.cuda.is_available() else ("numpy", None)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device; use device='cpu'")
-    return "torch", str(device)
+    dev = resolve_device("auto" if device is None else device, setting="device")
+    if backend == "auto" and dev.type != "cuda":
+        return "numpy", None
+    return "torch", str(dev)
 
 
 def kcenter_greedy(

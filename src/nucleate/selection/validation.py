@@ -11,10 +11,10 @@ import operator
 
 import numpy as np
 
-__all__ = ["PROB_SUM_TOLERANCE", "check_probs", "check_features", "check_labeled", "check_budget"]
+from nucleate.io.tables import PROB_SUM_TOLERANCE, find_bad_prob_row
 
-#: A probability row may sum to 1 ± this (same tolerance as the ``teacher_probs`` table).
-PROB_SUM_TOLERANCE = 1e-3
+__all__ = ["PROB_SUM_TOLERANCE", "check_probs", "check_features", "check_labeled", "check_budget", "check_seed"]
+
 _CHUNK_ROWS = 65_536
 
 
@@ -31,29 +31,16 @@ def _as_2d(name: str, values: object) -> np.ndarray:
 
 
 def check_probs(probs: object) -> np.ndarray:
-    """Validate class probabilities, shape (N, C): finite, non-negative, rows summing to 1 (± 1e-3).
+    """Validate class probabilities, shape (N, C), by the project's one rule
+    (:func:`nucleate.io.tables.find_bad_prob_row`: finite, >= 0, rows summing to 1 ± ``PROB_SUM_TOLERANCE``).
 
     Returns ``probs`` as an array (no copy when it already is one).
     """
     array = _as_2d("probs", probs)
-    for start in range(0, array.shape[0], _CHUNK_ROWS):
-        chunk = array[start:start + _CHUNK_ROWS]
-        finite = np.isfinite(chunk)
-        sums = chunk.sum(axis=1, dtype=np.float64)
-        bad_row = ~finite.all(axis=1) | (chunk < 0).any(axis=1) | (np.abs(sums - 1.0) > PROB_SUM_TOLERANCE)
-        if not bad_row.any():
-            continue
-        local = int(np.flatnonzero(bad_row)[0])
-        row, values = start + local, chunk[local]
-        if not finite[local].all():
-            col = int(np.flatnonzero(~finite[local])[0])
-            raise ValueError(f"probs row {row}, class {col} is {values[col]}; probabilities must be finite "
-                             "(check the model output for this row)")
-        if (values < 0).any():
-            col = int(np.flatnonzero(values < 0)[0])
-            raise ValueError(f"probs row {row}, class {col} is {values[col]}; probabilities must be >= 0")
-        raise ValueError(f"probs row {row} sums to {sums[local]:.6f}; each row must sum to 1 "
-                         f"(±{PROB_SUM_TOLERANCE}): pass softmax outputs, not logits")
+    bad = find_bad_prob_row(array)
+    if bad is not None:
+        hint = " (check the model output for this row)" if bad.problem == "non-finite" else ""
+        raise ValueError(f"probs row {bad.row}: {bad.describe()}{hint}")
     return array
 
 

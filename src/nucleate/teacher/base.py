@@ -1,4 +1,4 @@
-"""What every teacher shares: prompt checks, device choice, and batched tile inference.
+"""What every teacher shares: prompt checks and batched tile inference (device rule: :mod:`nucleate.device`).
 
 A *teacher* maps images to class probabilities. Public surface (all backends):
 
@@ -28,9 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from nucleate.device import resolve_device
 from nucleate.teacher.preprocess import DEFAULT_PERCENTILES, image_tiles, to_rgb8
 
-__all__ = ["TeacherError", "Teacher", "PixelTeacher", "check_prompts", "expand_prompts", "resolve_device"]
+__all__ = ["TeacherError", "Teacher", "PixelTeacher", "check_prompts", "expand_prompts"]
 
 
 class TeacherError(ValueError):
@@ -44,21 +45,21 @@ def check_prompts(classes: Sequence[str], templates: Sequence[str]) -> tuple[tup
     exactly one ``{}`` and no other braces. Raises :class:`TeacherError` naming the offending entry.
     """
     if isinstance(classes, str) or isinstance(templates, str):
-        raise TeacherError("classes and templates must be lists of strings, not a single string")
+        raise TeacherError("teacher.classes and teacher.templates must be lists of strings, not a single string")
     classes = tuple(classes)
     templates = tuple(templates)
     if not classes:
-        raise TeacherError("classes: the class list is empty; list at least two class names under `classes` "
-                           "in params.yaml (e.g. [nucleus, background])")
+        raise TeacherError("teacher.classes: the class list is empty; list at least two class names under "
+                           "teacher.classes in params.yaml (e.g. [nucleus, background])")
     for i, name in enumerate(classes):
         if not isinstance(name, str) or not name.strip():
-            raise TeacherError(f"classes[{i}]: class names must be non-blank strings, got {name!r}")
+            raise TeacherError(f"teacher.classes[{i}]: class names must be non-blank strings, got {name!r}")
     if len(classes) < 2:
-        raise TeacherError(f"classes: only one class ({classes[0]!r}); a teacher needs at least two to "
+        raise TeacherError(f"teacher.classes: only one class ({classes[0]!r}); a teacher needs at least two to "
                            "tell apart - add e.g. 'background'")
     if len(set(classes)) != len(classes):
         dup = next(c for c in classes if classes.count(c) > 1)
-        raise TeacherError(f"classes: {dup!r} is listed twice; class names must be unique")
+        raise TeacherError(f"teacher.classes: {dup!r} is listed twice; class names must be unique")
     if not templates:
         raise TeacherError("teacher.templates is empty; add at least one, e.g. 'a microscopy image of {}.'")
     for i, template in enumerate(templates):
@@ -84,20 +85,6 @@ def expand_prompts(classes: Sequence[str], templates: Sequence[str]) -> list[str
     Underscores in class names become spaces (``"tumor_cell"`` -> ``"tumor cell"``).
     """
     return [t.replace("{}", c.replace("_", " ")) for c in classes for t in templates]
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without CUDA is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu":
-        return torch.device("cpu")
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise TeacherError("teacher.device is 'cuda' but no CUDA device is available to torch; "
-                               "set teacher.device to auto or cpu")
-        return torch.device("cuda")
-    raise TeacherError(f"teacher.device must be auto, cpu or cuda; got {device!r}")
 
 
 def digest(payload: Any, size: int = 16) -> str:
@@ -159,7 +146,7 @@ class PixelTeacher(Teacher):
         low, high = (float(p) for p in percentiles)
         if not 0.0 <= low < high <= 100.0:
             raise TeacherError(f"teacher percentiles must satisfy 0 <= low < high <= 100, got ({low}, {high})")
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, setting="teacher.device")
         self.batch_size = int(batch_size) or self.auto_batch_size[self.device.type]
         self.tile = int(tile)
         self.max_tiles = int(max_tiles)
@@ -168,7 +155,9 @@ class PixelTeacher(Teacher):
 
     @property
     def options(self) -> dict[str, Any]:  # type: ignore[override]
-        return {"tile": self.tile, "max_tiles": self.max_tiles, "percentiles": list(self.percentiles)}
+        # "stretch": version of the intensity rule, part of the cache key; 2 = nucleate.io.images.percentile_stretch
+        # (near-constant images fall back to min/max instead of turning black)
+        return {"tile": self.tile, "max_tiles": self.max_tiles, "percentiles": list(self.percentiles), "stretch": 2}
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.device.type == "cuda":

@@ -18,11 +18,10 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from nucleate.io.images import content_id
+from nucleate.io.tables import find_bad_prob_row
 from nucleate.teacher.base import Teacher, TeacherError, check_prompts
 
 __all__ = ["FileTeacher", "load_file"]
-
-SUM_TOLERANCE = 1e-3
 
 
 class FileTeacher(Teacher):
@@ -77,11 +76,11 @@ def _validate(table: pa.Table, classes: tuple[str, ...], source: str) -> tuple[l
     missing = [c for c in classes if c not in columns]
     if missing:
         raise TeacherError(f"{source}: no column for class(es) {', '.join(missing)}; the file needs image_id "
-                           f"plus one column per class in `classes`; columns present: {', '.join(columns)}")
+                           f"plus one column per class in teacher.classes; columns present: {', '.join(columns)}")
     extra = [c for c in columns if c != "image_id" and c not in classes]
     if extra:
-        raise TeacherError(f"{source}: column(s) {', '.join(extra)} are not in `classes` "
-                           f"({', '.join(classes)}); add them to `classes` or drop them from the file")
+        raise TeacherError(f"{source}: column(s) {', '.join(extra)} are not in teacher.classes "
+                           f"({', '.join(classes)}); add them to teacher.classes or drop them from the file")
     ids_col = table.column("image_id")
     if ids_col.null_count:
         row = ids_col.to_pylist().index(None)
@@ -92,21 +91,17 @@ def _validate(table: pa.Table, classes: tuple[str, ...], source: str) -> tuple[l
         if image_id in seen:
             raise TeacherError(f"{source}: image_id {image_id!r} repeats (rows {seen[image_id]} and {row})")
         seen[image_id] = row
-    probs = np.empty((len(ids), len(classes)), np.float64)
+    probs = np.empty((len(ids), len(classes)), np.float32)  # the values the teacher_probs table will hold
     for j, name in enumerate(classes):
         col = table.column(name)
         if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)):
             raise TeacherError(f"{source}: column '{name}' has type {col.type}; probabilities must be numbers")
-        probs[:, j] = col.to_numpy(zero_copy_only=False).astype(np.float64) if len(col) else []
-    bad = ~np.isfinite(probs).all(1) | (probs < 0).any(1) | (np.abs(probs.sum(1) - 1.0) > SUM_TOLERANCE)
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise TeacherError(
-            f"{source}: row {row} (image_id {ids[row]}) = {dict(zip(classes, probs[row].tolist(), strict=True))} "
-            f"sums to {probs[row].sum():.6f}; every row must be finite, non-negative and sum to 1 "
-            f"(±{SUM_TOLERANCE})"
-        )
-    return ids, probs.astype(np.float32)
+        probs[:, j] = col.to_numpy(zero_copy_only=False).astype(np.float32) if len(col) else []
+    bad = find_bad_prob_row(probs)
+    if bad is not None:
+        raise TeacherError(f"{source}: row {bad.row} (image_id {ids[bad.row]}) "
+                           f"{dict(zip(classes, probs[bad.row].tolist(), strict=True))}: {bad.describe(classes)}")
+    return ids, probs
 
 
 def load_file(classes: Sequence[str], templates: Sequence[str] = ("{}",), *, path: str | Path | None = None,

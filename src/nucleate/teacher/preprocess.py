@@ -2,13 +2,10 @@
 
 Both pixel teachers (``clip``, ``conse``) see an image through two steps:
 
-1. :func:`to_rgb8` — intensities to ``uint8`` RGB, in a fixed, documented way:
-
-   * ``uint8`` RGB (brightfield, H&E): unchanged.
-   * everything else — any 16-bit image and any single-channel image (fluorescence): clipped to the
-     ``[low, high]`` percentiles of that image's pixels (all channels together; default 0.5 and 99.8),
-     rescaled linearly to 0..255 and rounded. A flat image (high == low) becomes all zeros.
-   * single-channel results are repeated into R = G = B.
+1. :func:`to_rgb8` — intensities to ``uint8`` RGB by the project's one contrast stretch,
+   :func:`nucleate.io.images.percentile_stretch` (``uint8`` RGB unchanged; everything else clipped to the
+   ``[low, high]`` percentiles of the image, ``teacher.percentile_low`` / ``percentile_high``, and rescaled
+   to 0..255; its docstring gives the edge rules), with single-channel results repeated into R = G = B.
 
 2. :func:`tile_boxes` — where the model looks. An image no larger than ``tile`` on both sides is one
    tile (the model's own preprocessing then resizes its shortest side and centre-crops, as CLIP does).
@@ -28,6 +25,8 @@ import math
 
 import numpy as np
 
+from nucleate.io.images import percentile_stretch
+
 __all__ = ["DEFAULT_PERCENTILES", "to_rgb8", "tile_boxes", "image_tiles"]
 
 DEFAULT_PERCENTILES = (0.5, 99.8)
@@ -36,31 +35,14 @@ DEFAULT_PERCENTILES = (0.5, 99.8)
 def to_rgb8(image: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PERCENTILES) -> np.ndarray:
     """Return ``image`` (``(H, W)`` or ``(H, W, 3)``, any real dtype) as ``(H, W, 3)`` ``uint8`` RGB.
 
-    See the module docstring for the exact rule. Raises ``ValueError`` for other shapes, empty
-    images, non-finite values or bad ``percentiles`` (need ``0 <= low < high <= 100``).
+    :func:`nucleate.io.images.percentile_stretch` with ``percentiles``, gray repeated into RGB. Raises
+    ``ValueError`` for other shapes, empty images or bad ``percentiles`` (need ``0 <= low < high <= 100``).
     """
     image = np.asarray(image)
-    low, high = percentiles
-    if not 0.0 <= low < high <= 100.0:
-        raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got ({low}, {high})")
     if not (image.ndim == 2 or (image.ndim == 3 and image.shape[-1] == 3)):
         raise ValueError(f"expected an (H, W) gray or (H, W, 3) RGB image, got shape {image.shape}")
-    if image.size == 0:
-        raise ValueError(f"image has no pixels (shape {image.shape})")
-    if image.dtype == bool or image.dtype.kind not in "uif":
-        raise ValueError(f"unsupported pixel type {image.dtype}; expected integers or floats")
-    if image.dtype == np.uint8 and image.ndim == 3:
-        return np.ascontiguousarray(image)
-    values = image.astype(np.float32, copy=False)
-    if image.dtype.kind == "f" and not np.isfinite(values).all():
-        raise ValueError("image contains NaN or infinite values")
-    lo, hi = np.percentile(values, [low, high])
-    scale = 255.0 / (hi - lo) if hi > lo else 0.0
-    out = np.clip((values - lo) * scale, 0.0, 255.0)
-    out = np.rint(out).astype(np.uint8)
-    if out.ndim == 2:
-        out = np.repeat(out[:, :, None], 3, axis=2)
-    return out
+    out = percentile_stretch(image, percentiles)
+    return np.repeat(out[:, :, None], 3, axis=2) if out.ndim == 2 else out
 
 
 def tile_boxes(height: int, width: int, tile: int, max_tiles: int) -> list[tuple[int, int, int, int]]:

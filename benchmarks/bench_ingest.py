@@ -31,7 +31,7 @@ if mode == "baseline":
     for p in sorted(root.rglob("*.tif")):
         content_id(p); read_image(p); n += 1
 else:
-    n = ingest.run(root, manifest, log=lambda _: None).total
+    n = ingest.run(folder=root, manifest=manifest).total
 dt = time.perf_counter() - t
 print(json.dumps({"files": n, "seconds": dt, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """

@@ -42,8 +42,8 @@ CLASSES = ("nucleus", "micronucleus")
 def _sample(tmp: Path) -> tuple[pa.Table, pa.Table]:
     from tasks import ingest, sample_data
 
-    sample_data.run(tmp / "sample", install=False)
-    ingest.run(tmp / "sample" / "images", tmp / "manifest.parquet", log=lambda line: None)
+    sample_data.run(out=tmp / "sample", install=False)
+    ingest.run(folder=tmp / "sample" / "images", manifest=tmp / "manifest.parquet")
     return read_table("manifest", tmp / "manifest.parquet"), read_table("points", tmp / "sample" / "points.parquet")
 
 

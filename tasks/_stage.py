@@ -74,13 +74,27 @@ def logger(stage: str) -> logging.Logger:
     return logging.getLogger(f"nucleate.{stage}")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each message (test runners swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # the base class assigns it once; the property ignores it
+        pass
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """Plain ``message`` lines on stderr for the ``nucleate`` loggers (what the CLI shows); idempotent."""
     root = logging.getLogger("nucleate")
-    if not any(getattr(h, "_nucleate_plain", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
-        handler._nucleate_plain = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level)
     root.propagate = False

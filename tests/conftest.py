@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
 import pytest
+from logcapture import LineLog
 
 for _key, _value in {
     "HF_HUB_OFFLINE": "1",
@@ -33,17 +33,6 @@ def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("sample") / "sample"
     sample_data.run(out=out, install=False)
     return out
-
-
-class LineLog(logging.Logger):
-    """A ``logging.Logger`` that keeps every message as one line in ``.lines`` (pass it as a stage's ``log``)."""
-
-    def __init__(self, name: str = "test") -> None:
-        super().__init__(name, logging.DEBUG)
-        self.lines: list[str] = []
-
-    def handle(self, record: logging.LogRecord) -> None:
-        self.lines.extend(record.getMessage().splitlines() or [""])
 
 
 @pytest.fixture

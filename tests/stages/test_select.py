@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import replace
 
 import numpy as np
@@ -12,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import typer
+from logcapture import LineLog
 from typer.testing import CliRunner
 
 from nucleate.config import SelectParams
@@ -30,7 +30,7 @@ CLASSES = ["nucleus", "micronucleus", "background"]
 def base(sample_dir, tmp_path_factory):
     """Manifest of the 49 real sample images + teacher probabilities for all of them."""
     root = tmp_path_factory.mktemp("select_base")
-    ingest.run(sample_dir / "images", root / "manifest.parquet", log=lambda _: None)
+    ingest.run(folder=sample_dir / "images", manifest=root / "manifest.parquet")
     manifest = read_table("manifest", root / "manifest.parquet")
     ids = manifest.column("image_id").to_pylist()
     probs = np.random.default_rng(5).dirichlet([0.5, 0.5, 0.5], size=len(ids)).astype(np.float32)
@@ -55,24 +55,9 @@ def tree(base, tmp_path, sample_dir):
     return tmp_path, manifest, probs, pool, labeled
 
 
-class _Lines(logging.Handler):
-    """Collects the messages a stage logs."""
-
-    def __init__(self):
-        super().__init__()
-        self.lines: list[str] = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
-def _logger(name="test.select"):
-    handler = _Lines()
-    log = logging.getLogger(f"{name}.{id(handler)}")
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    log.addHandler(handler)
-    return log, handler.lines
+def _logger():
+    log = LineLog()
+    return log, log.lines
 
 
 def _run(path, seed=0, **kw):
@@ -280,13 +265,6 @@ def _cli():
     app = typer.Typer(add_completion=False)
     app.command()(stage.command)
     return app
-
-
-@pytest.fixture(autouse=True)
-def _fresh_cli_log_handler(monkeypatch):
-    """setup_logging binds its handler to the sys.stderr of the first CliRunner call, closed by the next one;
-    give each test its own (the real CLI runs once per process)."""
-    monkeypatch.setattr(logging.getLogger("nucleate"), "handlers", [])
 
 
 def test_cli_reads_params_and_the_dvc_flags(tree):

@@ -42,7 +42,7 @@ def test_dvc_repro_select_stage(repo_root, sample_dir, tmp_path):
     repo = tmp_path / "project"
     copy_stage_files(repo_root, repo, "select")
     storage = repo / "storage"
-    ingest.run(sample_dir / "images", storage / "manifest.parquet", log=lambda _: None)
+    ingest.run(folder=sample_dir / "images", manifest=storage / "manifest.parquet")
     manifest = read_table("manifest", storage / "manifest.parquet")
     ids = manifest.column("image_id").to_pylist()
     pool = [i for i, s in zip(ids, manifest.column("split").to_pylist(), strict=True) if s == "pool"]

@@ -1,6 +1,5 @@
 """Stage ``teacher``: manifest -> teacher_probs table, through run(), the CLI and `dvc repro`."""
 
-import logging
 import os
 import shutil
 import subprocess
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 import typer
 import yaml
+from logcapture import LineLog
 from typer.testing import CliRunner
 
 from nucleate.config import TeacherParams, params_from_dict
@@ -36,7 +36,7 @@ def pool(sample_dir, tmp_path):
         shutil.copyfile(src, folder / src.name)
     write_image(folder / "rgb.png", np.random.default_rng(0).integers(0, 256, (80, 100, 3), dtype=np.uint8))
     manifest = tmp_path / "manifest.parquet"
-    ingest.run(folder, manifest, log=lambda line: None)
+    ingest.run(folder=folder, manifest=manifest)
     return folder, manifest
 
 
@@ -46,28 +46,9 @@ def _params(clip_dir, **teacher_overrides) -> TeacherParams:
     return params_from_dict({"teacher": section}).teacher
 
 
-class _Lines(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.lines: list[str] = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
 def _logger():
-    handler = _Lines()
-    log = logging.getLogger(f"test.teacher.{id(handler)}")
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    log.addHandler(handler)
-    return log, handler.lines
-
-
-@pytest.fixture(autouse=True)
-def _fresh_cli_log_handler(monkeypatch):
-    """setup_logging binds its handler to the sys.stderr of the first CliRunner call; one per test."""
-    monkeypatch.setattr(logging.getLogger("nucleate"), "handlers", [])
+    log = LineLog()
+    return log, log.lines
 
 
 def _cli():

@@ -33,7 +33,7 @@ from typing import Any
 import typer
 
 from nucleate.annotations.agreement import agreement, consensus_table
-from nucleate.annotations.labelstudio import PullResult, collect_points
+from nucleate.annotations.labelstudio import CollectedPoints, collect_points
 from nucleate.config import LabelStudioParams
 from nucleate.io import LAYOUT, atomic_path, read_table, write_table
 from nucleate.io.layout import MissingInput, produced_by
@@ -119,7 +119,7 @@ def _check_tasks(tasks: list[dict[str, Any]], export: Path, n: int, images: set[
                              f"rounds again with `nucleate ls pull`")
 
 
-def _agreement_summary(result: PullResult, labelstudio: LabelStudioParams) -> dict[str, Any]:
+def _agreement_summary(result: CollectedPoints, labelstudio: LabelStudioParams) -> dict[str, Any]:
     full = agreement(result.points, labelstudio.agreement_radius_px, annotators=result.annotators).as_dict()
     return {k: full[k] for k in ("radius_px", "images", "mean_image_f1", "pairs")}
 
@@ -149,7 +149,7 @@ def run(
     out, consensus, report = Path(out), Path(consensus), Path(report)
     images = set(read_table("manifest", manifest).column("image_id").to_pylist())
     result = PointsReport(out, consensus, report)
-    parts: list[PullResult] = []
+    parts: list[CollectedPoints] = []
     saved = {n: _read_round(folder, n) for n, folder in folders.items()}
     for n, (tasks, _) in saved.items():  # every round is checked before anything is converted
         _check_tasks(tasks, folders[n] / "export.json", n, images, manifest)
@@ -171,7 +171,7 @@ def run(
         for r in part.rejected:
             log.info("points: round %d: %s", n, r.line())
         parts.append(part)
-    merged = PullResult.combine(parts)
+    merged = CollectedPoints.combine(parts)
     agreed = consensus_table(merged.points, labelstudio.agreement_radius_px, labelstudio.consensus_min_fraction,
                              annotators=merged.annotators)
     result.points, result.consensus_points = merged.points.num_rows, agreed.num_rows

@@ -152,3 +152,12 @@ def test_predictions_outside_the_image_or_with_unknown_labels_are_left_out_one_l
     assert len(rejected) == 2
     assert "row 1" in rejected[0] and "outside the image" in rejected[0]
     assert "row 2" in rejected[1] and "unknown label 'blob'" in rejected[1]
+
+
+def test_the_label_studio_config_offers_the_point_labels_not_the_teachers_classes():
+    from nucleate.config import Params
+
+    p = Params()
+    offered = [lbl.get("value") for lbl in ET.fromstring(labeling_config(p.labels)).iter("Label")]
+    assert offered == list(p.labels)
+    assert "background" in p.teacher.classes and "background" not in offered

@@ -41,7 +41,7 @@ __all__ = [
     "point_problem",
     "prediction_points",
     "Rejected",
-    "PullResult",
+    "CollectedPoints",
     "collect_points",
     "task_progress",
     "task_finished",
@@ -244,8 +244,8 @@ class Rejected:
 
 
 @dataclass
-class PullResult:
-    """Points read from Label Studio tasks, and what was left out (see :func:`collect_points`)."""
+class CollectedPoints:
+    """Points collected from Label Studio tasks, and what was left out (see :func:`collect_points`)."""
 
     points: pa.Table
     tasks: int = 0
@@ -259,7 +259,7 @@ class PullResult:
     annotators: dict[str, list[str]] = field(default_factory=dict)  # image_id -> annotators
 
     @classmethod
-    def combine(cls, parts: Sequence[PullResult]) -> PullResult:
+    def combine(cls, parts: Sequence[CollectedPoints]) -> CollectedPoints:
         """One result from results of disjoint task sets (e.g. rounds)."""
         out = cls(points=pa.concat_tables([p.points for p in parts]) if parts else empty_table("points"))
         for p in parts:
@@ -306,7 +306,7 @@ def collect_points(
     rounds: Sequence[int] | None = None,
     expected_image_ids: Iterable[str] | None = None,
     default_round: int = 0,
-) -> PullResult:
+) -> CollectedPoints:
     """Label Studio tasks (export ``JSON`` shape) -> a validated ``points`` table and a report.
 
     Each task's ``data`` carries ``image_id``, ``round``, ``width`` and ``height`` (as pushed). Per task
@@ -320,7 +320,7 @@ def collect_points(
     users = users or {}
     cols: dict[str, list] = {k: [] for k in ("image_id", "x", "y", "label", "annotator", "task_id",
                                              "annotation_id", "round", "origin", "created_at")}
-    res = PullResult(points=empty_table("points"))
+    res = CollectedPoints(points=empty_table("points"))
     seen_ids: set[str] = set()
     wanted = None if rounds is None else {int(r) for r in rounds}
     for task in tasks:

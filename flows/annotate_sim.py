@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from flows.labelstudio import Adapter
+from flows.ls_client import Adapter
 from nucleate.annotations.labelstudio import keypoint_points, keypoint_results
+from nucleate.annotations.points import points_xy, rows_by_image
 from nucleate.annotations.simulate import simulate_clicks
 from nucleate.config import LabelStudioParams
 
@@ -53,19 +54,19 @@ def annotate_sim(
     seed: int = 0,
     rounds: Sequence[int] | None = None,
     limit: int | None = None,
-    classes: Sequence[str] | None = None,
+    labels: Sequence[str] | None = None,
     log: Callable[[str], None] = lambda line: None,
 ) -> SimReport:
     """Annotate (at most ``limit``) open tasks of ``rounds`` as ``annotator`` (an e-mail; the Label Studio
-    user is created if missing). Randomness: one generator per (``seed``, annotator, image_id), so the
-    clicks on an image do not depend on the order or on other images."""
+    user is created if missing). ``labels`` (params ``labels``): pre-annotations with other labels are
+    ignored, and false clicks get the first label. Randomness: one generator per (``seed``, annotator,
+    image_id), so the clicks on an image do not depend on the order or on other images."""
     report = SimReport(annotator)
     user_id = adapter.ensure_user(annotator)
-    gt: dict[str, dict[str, list]] = defaultdict(lambda: {"xy": [], "label": []})
-    for row in ground_truth.select(["image_id", "x", "y", "label"]).to_pylist():
-        g = gt[row["image_id"]]
-        g["xy"].append((row["x"], row["y"]))
-        g["label"].append(row["label"])
+    gt_xy = points_xy(ground_truth)
+    gt_label = ground_truth.column("label").to_pylist()
+    gt = {image_id: {"xy": gt_xy[rows], "label": [gt_label[i] for i in rows.tolist()]}
+          for image_id, rows in rows_by_image(ground_truth).items()}
     wanted = None if rounds is None else {int(r) for r in rounds}
     tasks = [t for t in adapter.tasks(project_id)
              if wanted is None or int(t["data"].get("round", -1)) in wanted]
@@ -90,16 +91,16 @@ def annotate_sim(
         pred_xy, pred_labels = None, None
         preds = adapter.predictions_of(t["id"])
         if preds:
-            kept, _ = keypoint_points(preds[-1]["result"] or [], width=width, height=height, classes=classes)
+            kept, _ = keypoint_points(preds[-1]["result"] or [], width=width, height=height, labels=labels)
             pred_xy = np.asarray([(x, y) for x, y, _, _ in kept], np.float64).reshape(-1, 2)
             pred_labels = [lbl for _, _, lbl, _ in kept]
         g = gt[image_id]
         rng = np.random.default_rng([seed, zlib.crc32(annotator.encode()), zlib.crc32(image_id.encode())])
         clicks = simulate_clicks(
-            np.asarray(g["xy"], np.float64), g["label"], width, height, rng,
+            g["xy"], g["label"], width, height, rng,
             jitter_px=params.sim_jitter_px, miss_rate=params.sim_miss_rate,
             false_click_rate=params.sim_false_click_rate,
-            false_label=(classes[0] if classes else None),
+            false_label=(labels[0] if labels else None),
             predictions_xy=pred_xy, prediction_labels=pred_labels, accept_radius_px=params.agreement_radius_px,
         )
         result = keypoint_results(clicks.xy, clicks.labels, width, height, marker_pct=params.point_radius_pct,

@@ -13,6 +13,11 @@ SQLite under a git-ignored data dir (default ``.ls-data``)::
 The server binds to 127.0.0.1 on a free port, with Sentry, analytics and the version check off, and
 is ready when ``/health`` answers. The first ``up`` creates the database, the admin user and its
 token (about 30-80 s); later ones start in a few seconds on the same data.
+
+The data dir is private: the database holds every annotation and the admin's API token in plain text.
+It is created owner-only (folders 0700, files 0600) and the server runs with umask 077, so the files
+Label Studio writes (database, media, exports, logs) are owner-only too. ``up`` checks an existing data
+dir and makes anything that other users can read owner-only (``chmod -R go-rwx``), saying so in one line.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import os
 import secrets
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -35,6 +41,7 @@ from pathlib import Path
 from nucleate.io import atomic_write_text
 
 __all__ = [
+    "PRIVATE_UMASK",
     "LS_VERSION",
     "DEFAULT_DATA_DIR",
     "LocalServer",
@@ -46,6 +53,8 @@ __all__ = [
 ]
 
 LS_VERSION = "1.23.2"
+#: umask of the server process and of everything nucleate writes in the data dir: no access for group/others
+PRIVATE_UMASK = 0o077
 DEFAULT_DATA_DIR = Path(".ls-data")
 ADMIN_EMAIL = "admin@nucleate.local"
 #: Variables Label Studio also reads without a prefix; a CI's HOST/PORT/... must not leak into it.
@@ -196,7 +205,7 @@ class LocalServer:
         if not create:
             raise ServerError(f"{path} not found: start the local server once with `nucleate ls up`")
         creds = {"email": ADMIN_EMAIL, "password": secrets.token_urlsafe(18), "token": secrets.token_hex(20)}
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._mkdir(self.data_dir)
         atomic_write_text(path, json.dumps(creds, indent=2) + "\n")
         os.chmod(path, 0o600)
         return creds
@@ -216,6 +225,39 @@ class LocalServer:
         return server_env(self.server_data, self.files_root, email=creds["email"], password=creds["password"],
                           token=creds["token"], base=base)
 
+    # -- privacy ---------------------------------------------------------------------------------
+    def _mkdir(self, path: Path) -> None:
+        """Create ``path`` and its missing parents; those in the data dir (and the data dir) owner-only (0700)."""
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        for p in reversed([path, *path.parents]):
+            if not p.exists() and (p == self.data_dir or self.data_dir in p.parents):
+                p.mkdir(mode=0o700)
+                os.chmod(p, 0o700)  # mkdir's mode is filtered by the umask
+
+    def make_private(self) -> str | None:
+        """Make everything under the data dir owner-only (``chmod -R go-rwx``); creates it (0700) if missing.
+
+        Returns one line naming the first path that other users could read and what was done, or None when
+        all was private already.
+        """
+        if not self.data_dir.exists():
+            self._mkdir(self.data_dir)
+            return None
+        opened: list[tuple[Path, int]] = []
+        for dirpath, dirnames, filenames in os.walk(self.data_dir):
+            for name in (".", *dirnames, *filenames):
+                p = Path(dirpath) / name if name != "." else Path(dirpath)
+                st = p.lstat()
+                if not stat.S_ISLNK(st.st_mode) and stat.S_IMODE(st.st_mode) & 0o077:
+                    opened.append((p, stat.S_IMODE(st.st_mode)))
+                    os.chmod(p, stat.S_IMODE(st.st_mode) & ~0o077)
+        if not opened:
+            return None
+        first, mode = opened[0]
+        return (f"ls: {first} was open to other users (mode {mode:04o}; {len(opened)} path(s) in all) and the data dir "
+                f"holds the Label Studio database with the admin's API token: made it owner-only "
+                f"(chmod -R go-rwx {self.data_dir})")
+
     # -- lifecycle -------------------------------------------------------------------------------
     def initialised(self) -> bool:
         return (self.server_data / "label_studio.sqlite3").exists() and (self.data_dir / "credentials.json").exists()
@@ -223,12 +265,12 @@ class LocalServer:
     def init(self, ls_bin: Path | None = None, timeout: float = 600.0) -> None:
         """Create the database, admin user, organisation and token (once; ~30-80 s)."""
         ls_bin = ls_bin or find_ls_bin()
-        self.server_data.mkdir(parents=True, exist_ok=True)
-        (self.files_root / "images").mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
+        self._mkdir(self.server_data)
+        self._mkdir(self.files_root / "images")
+        with self._open_log() as log:
             proc = subprocess.run([str(ls_bin), "init", "--quiet", "--no-browser"], env=self.env(),
                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                  timeout=timeout, check=False)
+                                  timeout=timeout, check=False, umask=PRIVATE_UMASK)
         if proc.returncode != 0 or not (self.server_data / "label_studio.sqlite3").exists():
             raise ServerError(f"`label-studio init` failed (exit {proc.returncode})" + _tail(self.log_path))
 
@@ -237,8 +279,12 @@ class LocalServer:
         """Start the server (initialising the data dir first if needed); returns its state.
 
         Already running: returns the existing state. ``port``: use this one (error if taken); default:
-        the previous port when free, else any free port.
+        the previous port when free, else any free port. First makes the data dir owner-only
+        (:meth:`make_private`; a line through ``log`` when something was open to other users).
         """
+        opened = self.make_private()
+        if opened:
+            log(opened)
         running = self.state()
         if running and health(running["url"]):
             return running
@@ -252,13 +298,13 @@ class LocalServer:
         if port is not None and free_port(port) != port:
             raise ServerError(f"port {port} on 127.0.0.1 is taken; choose another with --port or leave it out")
         port = port or free_port(previous)
-        (self.files_root / "images").mkdir(parents=True, exist_ok=True)
-        log_file = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
+        self._mkdir(self.files_root / "images")
+        log_file = self._open_log()
         try:
             proc = subprocess.Popen(
                 [str(ls_bin), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port)],
                 env=self.env(), stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True,
+                start_new_session=True, umask=PRIVATE_UMASK,
             )
         finally:
             log_file.close()
@@ -273,6 +319,10 @@ class LocalServer:
                  "files_root": str(self.files_root.resolve()), "started_at": time.time()}
         atomic_write_text(self.data_dir / "server.json", json.dumps(state, indent=2) + "\n")
         return state
+
+    def _open_log(self):
+        """The server log, opened for appending; created 0600."""
+        return os.fdopen(os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
 
     def down(self, timeout: float = 20.0) -> bool:
         """Stop the server (SIGTERM, then SIGKILL after ``timeout`` s). False if it was not running."""

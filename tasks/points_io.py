@@ -1,13 +1,14 @@
 """``nucleate points export | import``: point annotations to and from QuPath GeoJSON, COCO keypoints, CSV.
 
+(``nucleate points`` without a sub-command runs the ``points`` stage, :mod:`tasks.points`.)
+
 * ``export --format qupath``: one GeoJSON file per image (``<image path without suffix>.geojson``, so
   the folders mirror the image folders), pixel units, loadable in QuPath (File > Import objects).
 * ``export --format coco``: one COCO keypoints JSON for all images of the manifest.
 * ``import --format qupath|coco|csv``: existing point annotations -> a points table. A GeoJSON file is
   matched to its image by name (QuPath names exports after the image: stem, then parent/stem, ...) or
-  ``--image``. Points
-  outside their image or with a label not in ``classes`` are rejected one line each, the rest are
-  kept; with ``--strict`` any rejection writes nothing.
+  ``--image``. Points outside their image or with a label not in params ``labels`` are rejected one line
+  each, the rest are kept; with ``--strict`` any rejection writes nothing.
 
 Conventions in :mod:`nucleate.annotations.formats`.
 """
@@ -23,9 +24,9 @@ import pyarrow as pa
 import typer
 
 from nucleate.annotations.formats import ImportResult, from_coco, from_csv, from_qupath, to_coco, to_qupath
-from nucleate.config import ParamsError, load_params
-from nucleate.io import TableError, atomic_write_text, empty_table, read_table, write_table
-from tasks._stage import fail
+from nucleate.io import LAYOUT, TableError, atomic_write_text, empty_table, read_table, write_table
+from tasks import points as points_stage
+from tasks._stage import fail, load_params_or_exit
 
 __all__ = ["export_points", "import_points", "image_names", "app", "main"]
 
@@ -49,9 +50,10 @@ def image_names(manifest: pa.Table) -> dict[str, str]:
 
 
 def export_points(points: str | Path, manifest: str | Path, fmt: str, out: str | Path,
-                  classes: Sequence[str] = ()) -> list[Path]:
+                  labels: Sequence[str] = ()) -> list[Path]:
     """Write ``points`` as ``fmt`` (``qupath``: a folder of GeoJSON files; ``coco``: one JSON file).
-    Returns the files written (each written atomically)."""
+    ``labels`` (params ``labels``) fixes label colours and COCO category order. Returns the files written
+    (each written atomically)."""
     table = read_table("points", points)
     man = read_table("manifest", manifest)
     rows = {r["image_id"]: r for r in man.select(["image_id", "path", "width", "height"]).to_pylist()}
@@ -61,7 +63,7 @@ def export_points(points: str | Path, manifest: str | Path, fmt: str, out: str |
     out = Path(out)
     if fmt == "qupath":
         written = []
-        for image_id, doc in to_qupath(table, classes).items():
+        for image_id, doc in to_qupath(table, labels).items():
             path = out / Path(rows[image_id]["path"]).with_suffix(".geojson")  # mirrors the image folders
             atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
             written.append(path)
@@ -69,7 +71,7 @@ def export_points(points: str | Path, manifest: str | Path, fmt: str, out: str |
     if fmt == "coco":
         images = [{"image_id": i, "file_name": r["path"], "width": r["width"], "height": r["height"]}
                   for i, r in rows.items()]
-        atomic_write_text(out, json.dumps(to_coco(table, images, classes)) + "\n")
+        atomic_write_text(out, json.dumps(to_coco(table, images, labels)) + "\n")
         return [out]
     raise ValueError(f"export format must be qupath or coco, got {fmt!r}")
 
@@ -80,7 +82,7 @@ def import_points(
     manifest: str | Path,
     out: str | Path,
     *,
-    classes: Sequence[str] | None,
+    labels: Sequence[str] | None,
     default_label: str | None = None,
     annotator: str | None = None,
     round: int = 0,
@@ -88,7 +90,8 @@ def import_points(
     strict: bool = False,
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
 ) -> ImportResult:
-    """Read ``files`` (``qupath``, ``coco`` or ``csv``) into one points table written to ``out``."""
+    """Read ``files`` (``qupath``, ``coco`` or ``csv``) into one points table written to ``out``; points with a
+    label not in ``labels`` (params ``labels``) are rejected."""
     man = read_table("manifest", manifest)
     sizes = {r["image_id"]: (r["width"], r["height"]) for r in
              man.select(["image_id", "width", "height"]).to_pylist()}
@@ -99,7 +102,7 @@ def import_points(
             raise FileNotFoundError(f"{f}: file not found")
         text = f.read_text(encoding="utf-8")
         if fmt == "csv":
-            parts.append(from_csv(text, source=str(f), sizes=sizes, names=names, classes=classes,
+            parts.append(from_csv(text, source=str(f), sizes=sizes, names=names, labels=labels,
                                   default_label=default_label, annotator=annotator or "csv", round=round))
             continue
         try:
@@ -108,10 +111,10 @@ def import_points(
             raise ValueError(f"{f}: not valid JSON ({exc})") from None
         if fmt == "qupath":
             image_id = _image_for(f, image, names, sizes)
-            parts.append(from_qupath([(str(f), image_id, doc)], sizes=sizes, classes=classes,
+            parts.append(from_qupath([(str(f), image_id, doc)], sizes=sizes, labels=labels,
                                      default_label=default_label, annotator=annotator or "qupath", round=round))
         elif fmt == "coco":
-            parts.append(from_coco(doc, sizes=sizes, names=names, classes=classes,
+            parts.append(from_coco(doc, sizes=sizes, names=names, labels=labels,
                                    annotator=annotator or "coco", round=round))
         else:
             raise ValueError(f"import format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -143,27 +146,24 @@ def _image_for(path: Path, image: str | None, names: dict[str, str], sizes: dict
                      "name the file after its image or pass --image")
 
 
-app = typer.Typer(no_args_is_help=True, help="Export/import point annotations (QuPath GeoJSON, COCO, CSV).")
-
-
-def _classes(params: Path) -> tuple[str, ...]:
-    try:
-        return load_params(params).labels
-    except (FileNotFoundError, ParamsError) as exc:
-        fail(exc)
+#: ``nucleate points``: without a sub-command, the ``points`` stage (:func:`tasks.points.command`)
+app = typer.Typer(help="The points stage (no sub-command: saved Label Studio exports -> points tables), and "
+                  "export/import of point annotations (QuPath GeoJSON, COCO, CSV).")
+app.callback(invoke_without_command=True)(points_stage.command)
 
 
 @app.command("export")
 def export_command(
-    points: Path = typer.Option(Path("storage/annotations/points.parquet"), help="Points table to export."),
-    manifest: Path = typer.Option(Path("storage/manifest.parquet"), help="Manifest (image names and sizes)."),
+    points: Path = typer.Option(LAYOUT.points, help="Points table to export."),
+    manifest: Path = typer.Option(LAYOUT.manifest, help="Manifest (image names and sizes)."),
     fmt: str = typer.Option(..., "--format", help="qupath (folder of .geojson) | coco (one .json)."),
     out: Path = typer.Option(..., help="Output folder (qupath) or file (coco)."),
-    params: Path = typer.Option(Path("params.yaml"), help="params file (classes: label order and colours)."),
+    params: Path = typer.Option(Path("params.yaml"), help="params file (labels: label order and colours)."),
 ) -> None:
     """Export a points table as QuPath GeoJSON or COCO keypoints (pixel units)."""
+    labels = load_params_or_exit(params).labels
     try:
-        written = export_points(points, manifest, fmt, out, _classes(params))
+        written = export_points(points, manifest, fmt, out, labels)
     except (FileNotFoundError, ValueError, TableError) as exc:
         fail(exc)
     typer.echo(f"export: {len(written)} file(s) -> {out}")
@@ -173,19 +173,19 @@ def export_command(
 def import_command(
     files: list[Path] = typer.Argument(..., help="GeoJSON / COCO JSON / CSV files."),
     fmt: str = typer.Option(..., "--format", help="qupath | coco | csv."),
-    manifest: Path = typer.Option(Path("storage/manifest.parquet"), help="Manifest (image ids and sizes)."),
+    manifest: Path = typer.Option(LAYOUT.manifest, help="Manifest (image ids and sizes)."),
     out: Path = typer.Option(..., help="Points table to write."),
     image: str = typer.Option(None, help="qupath: the image (file name, path or image id) of every file."),
-    default_label: str = typer.Option(None, help="Label for unlabeled points (default: the first class)."),
+    default_label: str = typer.Option(None, help="Label for unlabeled points (default: the first of labels)."),
     annotator: str = typer.Option(None, help="annotator column (default: the format name)."),
     round: int = typer.Option(0, help="round column."),
     strict: bool = typer.Option(False, help="Write nothing if any point is rejected."),
-    params: Path = typer.Option(Path("params.yaml"), help="params file (classes = allowed labels)."),
+    params: Path = typer.Option(Path("params.yaml"), help="params file (labels = allowed point labels)."),
 ) -> None:
     """Import point annotations (QuPath GeoJSON, COCO keypoints, CSV) into a points table."""
-    classes = _classes(params)
+    labels = load_params_or_exit(params).labels
     try:
-        import_points(files, fmt, manifest, out, classes=classes, default_label=default_label or classes[0],
+        import_points(files, fmt, manifest, out, labels=labels, default_label=default_label or labels[0],
                       annotator=annotator, round=round, image=image, strict=strict)
     except (FileNotFoundError, ValueError, TableError) as exc:
         fail(exc)

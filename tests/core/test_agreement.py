@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nucleate.annotations.agreement import agreement, consensus_points, consensus_table, match_points, pair_f1
+from nucleate.annotations.agreement import agreement, consensus_points, consensus_table, match_points
 from nucleate.io import SCHEMAS, validate_table
 
 
@@ -92,7 +92,8 @@ def test_an_empty_annotation_counts_as_an_opinion():
     t = _table([("img", "a", 10, 10)])
     rep = agreement(t, radius=4.0, annotators={"img": ["a", "b"]})
     assert rep.pairs[0].f1 == 0.0 and rep.pairs[0].n_b == 0
-    assert pair_f1(0, 0, 0) == 1.0
+    both_empty = agreement(_table([("img", "a", 10, 10)]).slice(0, 0), radius=4.0, annotators={"img": ["a", "b"]})
+    assert both_empty.pairs[0].f1 == 1.0 and both_empty.per_image[0]["f1"] == 1.0
 
 
 def test_consensus_majority_of_three():

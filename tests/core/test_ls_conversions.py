@@ -5,6 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,10 +15,12 @@ from nucleate.annotations.labelstudio import (
     keypoint_points,
     keypoint_results,
     labeling_config,
+    prediction_points,
+    task_finished,
     task_progress,
 )
 
-CLASSES = ["nucleus", "micronucleus"]
+LABELS = ["nucleus", "micronucleus"]
 
 
 def test_labeling_config_has_one_keypoint_label_per_class_in_order():
@@ -29,10 +32,10 @@ def test_labeling_config_has_one_keypoint_label_per_class_in_order():
     assert [lbl.get("value") for lbl in kp.findall("Label")] == ["nucleus", 'odd "name" <&>', "background"]
 
 
-@pytest.mark.parametrize("classes", [[], ["a", "a"]])
-def test_labeling_config_rejects_empty_or_duplicate_classes(classes):
-    with pytest.raises(ValueError, match="classes"):
-        labeling_config(classes)
+@pytest.mark.parametrize("labels", [[], ["a", "a"]])
+def test_labeling_config_rejects_empty_or_duplicate_labels(labels):
+    with pytest.raises(ValueError, match="params: labels"):
+        labeling_config(labels)
 
 
 @settings(max_examples=200, deadline=None)
@@ -43,9 +46,9 @@ def test_labeling_config_rejects_empty_or_duplicate_classes(classes):
 )
 def test_pixels_to_percent_and_back_is_exact(width, height, fractions):
     xy = np.asarray(fractions, np.float64).reshape(-1, 2) * [width, height]
-    labels = [CLASSES[i % 2] for i in range(len(xy))]
+    labels = [LABELS[i % 2] for i in range(len(xy))]
     results = keypoint_results(xy, labels, width, height)
-    kept, rejected = keypoint_points(results, width=width, height=height, classes=CLASSES)
+    kept, rejected = keypoint_points(results, width=width, height=height, labels=LABELS)
     assert rejected == []
     back = np.asarray([(x, y) for x, y, _, _ in kept]).reshape(-1, 2)
     np.testing.assert_allclose(back, xy, rtol=0, atol=1e-9)
@@ -70,7 +73,7 @@ def test_bad_points_are_rejected_one_by_one_and_the_rest_kept():
     two_labels = [{**good[0], "value": {**good[0]["value"], "keypointlabels": ["nucleus", "micronucleus"]}}]
     rect = [{"type": "rectanglelabels", "value": {"x": 1, "y": 1, "width": 2, "height": 2}}]
     kept, rejected = keypoint_points(good + outside + unknown + two_labels + rect, width=320, height=240,
-                                     classes=CLASSES)
+                                     labels=LABELS)
     assert [lbl for _, _, lbl, _ in kept] == ["nucleus", "micronucleus"]
     np.testing.assert_allclose([k[:2] for k in kept], [(10.0, 10.0), (0.0, 240.0)], atol=1e-9)
     reasons = [r[3] for r in rejected]
@@ -111,7 +114,7 @@ def test_collect_points_latest_annotation_per_annotator_cancelled_counted_missin
         _task(3, "img-c", []),
         _task(4, "img-d", [_ann(14, 1, [(7.0, 7.0)])], round=2),
     ]
-    res = collect_points(tasks, classes=CLASSES, users={1: "ann1@x.org", 2: "ann2@x.org"}, rounds=[1],
+    res = collect_points(tasks, labels=LABELS, users={1: "ann1@x.org", 2: "ann2@x.org"}, rounds=[1],
                          expected_image_ids=["img-a", "img-b", "img-c", "img-gone"])
     s = res.summary()
     assert s == {"tasks": 3, "annotated_tasks": 1, "skipped_tasks": 1, "annotations": 4, "cancelled_annotations": 1,
@@ -130,3 +133,31 @@ def test_task_progress_counts_skipped_as_finished():
     tasks = [{"total_annotations": 1, "cancelled_annotations": 0}, {"total_annotations": 0, "cancelled_annotations": 1},
              {"total_annotations": 0, "cancelled_annotations": 0}, {"total_annotations": 2, "cancelled_annotations": 1}]
     assert task_progress(tasks) == {"total": 4, "finished": 3, "annotated": 2, "skipped": 1, "open": 1}
+
+
+def test_task_finished_reads_counters_or_annotations():
+    assert task_finished({"total_annotations": 0, "cancelled_annotations": 1})
+    assert not task_finished({"total_annotations": 0, "cancelled_annotations": 0, "annotations": [{"id": 1}]})
+    assert task_finished({"annotations": [{"id": 1, "was_cancelled": True}]})
+    assert not task_finished({"annotations": []})
+
+
+def test_predictions_outside_the_image_or_with_unknown_labels_are_left_out_one_line_each():
+    table = pa.table({"image_id": ["img", "img", "img", "other", "img"], "x": [1.0, 101.0, 3.0, 1.0, 4.0],
+                      "y": [1.0, 1.0, 3.0, 1.0, 5.0], "label": ["nucleus", "nucleus", "blob", "nucleus", "nucleus"],
+                      "score": [0.9, 0.8, 0.7, 0.6, None]})
+    grouped, rejected = prediction_points(table, {"img": (100, 50)}, LABELS)
+    assert list(grouped) == ["img"]
+    assert grouped["img"]["xy"].tolist() == [[1.0, 1.0], [4.0, 5.0]] and grouped["img"]["score"] == [0.9, 1.0]
+    assert len(rejected) == 2
+    assert "row 1" in rejected[0] and "outside the image" in rejected[0]
+    assert "row 2" in rejected[1] and "unknown label 'blob'" in rejected[1]
+
+
+def test_the_label_studio_config_offers_the_point_labels_not_the_teachers_classes():
+    from nucleate.config import Params
+
+    p = Params()
+    offered = [lbl.get("value") for lbl in ET.fromstring(labeling_config(p.labels)).iter("Label")]
+    assert offered == list(p.labels)
+    assert "background" in p.teacher.classes and "background" not in offered

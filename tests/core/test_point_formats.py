@@ -14,7 +14,7 @@ from nucleate.annotations.formats import from_coco, from_csv, from_qupath, to_co
 from nucleate.annotations.simulate import simulate_clicks
 from nucleate.io import SCHEMAS, validate_table
 
-CLASSES = ["nucleus", "micronucleus"]
+LABELS = ["nucleus", "micronucleus"]
 SIZES = {"img-a": (320, 240), "img-b": (64, 100)}
 
 
@@ -33,13 +33,13 @@ def _points():
 
 def test_qupath_geojson_round_trip_is_equal():
     table = _points()
-    docs = to_qupath(table, CLASSES)
+    docs = to_qupath(table, LABELS)
     assert set(docs) == {"img-a", "img-b"}
     feat = docs["img-a"]["features"][1]
     assert feat["geometry"] == {"type": "Point", "coordinates": [319.25, 12.125]}  # pixels, no offset
     assert feat["properties"]["classification"]["name"] == "micronucleus"
     back = from_qupath([(f"{k}.geojson", k, json.loads(json.dumps(d))) for k, d in docs.items()],
-                       sizes=SIZES, classes=CLASSES)
+                       sizes=SIZES, labels=LABELS)
     assert back.rejected == []
     assert back.points.to_pylist() == table.to_pylist()
 
@@ -54,7 +54,7 @@ def test_qupath_import_of_multipoint_unclassified_and_bad_features():
         {"type": "Feature", "geometry": {"type": "Point", "coordinates": [5, 6]},
          "properties": {"classification": {"name": "Tumor"}}},
     ]}
-    res = from_qupath([("a.geojson", "img-a", doc)], sizes=SIZES, classes=CLASSES, default_label="micronucleus",
+    res = from_qupath([("a.geojson", "img-a", doc)], sizes=SIZES, labels=LABELS, default_label="micronucleus",
                       annotator="qp")
     assert [(r["x"], r["y"], r["label"], r["annotator"]) for r in res.points.to_pylist()] == [
         (1.0, 2.0, "nucleus", "qp"), (3.0, 4.0, "nucleus", "qp"), (5.0, 6.0, "micronucleus", "qp")]
@@ -67,10 +67,10 @@ def test_qupath_import_of_multipoint_unclassified_and_bad_features():
 def test_coco_keypoints_round_trip_and_pixel_index_convention():
     table = _points()
     images = [{"image_id": k, "file_name": f"pool/{k}.tif", "width": w, "height": h} for k, (w, h) in SIZES.items()]
-    doc = json.loads(json.dumps(to_coco(table, images, CLASSES)))
-    assert [c["name"] for c in doc["categories"]] == CLASSES
+    doc = json.loads(json.dumps(to_coco(table, images, LABELS)))
+    assert [c["name"] for c in doc["categories"]] == LABELS
     assert doc["annotations"][0]["keypoints"] == [0.0, 0.0, 2]   # centre of pixel [0, 0] is index (0, 0)
-    back = from_coco(doc, classes=CLASSES)
+    back = from_coco(doc, labels=LABELS)
     assert back.rejected == []
     assert back.points.to_pylist() == table.to_pylist()
     # a foreign COCO file (no nucleate fields), matched by file name
@@ -78,7 +78,7 @@ def test_coco_keypoints_round_trip_and_pixel_index_convention():
         del a["nucleate"]
     for im in doc["images"]:
         del im["nucleate_image_id"]
-    foreign = from_coco(doc, sizes=SIZES, names={"img-a.tif": "img-a", "img-b.tif": "img-b"}, classes=CLASSES)
+    foreign = from_coco(doc, sizes=SIZES, names={"img-a.tif": "img-a", "img-b.tif": "img-b"}, labels=LABELS)
     assert foreign.points.column("x").to_pylist() == table.column("x").to_pylist()
     assert set(foreign.points.column("annotator").to_pylist()) == {"coco"}
 
@@ -87,15 +87,15 @@ def test_csv_import_xy_and_row_col_with_rejections():
     text = "image,x,y,label\nimg-a.tif,1.5,2.5,\nimg-a.tif,1000,2,nucleus\nmissing.tif,1,1,nucleus\n" \
            "img-b.tif,abc,2,nucleus\n"
     res = from_csv(text, source="pts.csv", sizes=SIZES, names={"img-a.tif": "img-a", "img-b.tif": "img-b"},
-                   classes=CLASSES, default_label="nucleus")
+                   labels=LABELS, default_label="nucleus")
     assert [(r["image_id"], r["x"], r["y"], r["label"]) for r in res.points.to_pylist()] == [
         ("img-a", 1.5, 2.5, "nucleus")]
     assert [line.split(":")[1].strip() for line in res.rejected] == ["line 3", "line 4", "line 5"]
-    rc = from_csv("image_id,row,col,annotator\nimg-b,3,4,bob\n", source="rc.csv", sizes=SIZES, classes=CLASSES,
+    rc = from_csv("image_id,row,col,annotator\nimg-b,3,4,bob\n", source="rc.csv", sizes=SIZES, labels=LABELS,
                   default_label="nucleus")
     assert [(r["x"], r["y"], r["annotator"]) for r in rc.points.to_pylist()] == [(4.5, 3.5, "bob")]
     with pytest.raises(ValueError, match="x,y .* or row,col"):
-        from_csv("image_id,a,b\n", source="bad.csv", sizes=SIZES, classes=CLASSES)
+        from_csv("image_id,a,b\n", source="bad.csv", sizes=SIZES, labels=LABELS)
 
 
 def test_display_uint8_keeps_size_and_stretches_16_bit():

@@ -55,10 +55,12 @@ def ls_server(ls_data: Path):
 
 @pytest.fixture
 def ls_adapter(ls_server: LocalServer):
-    from flows.labelstudio import Adapter, resolve_connection
+    from flows.ls_client import Adapter
+    from flows.ls_connection import resolve_connection
 
     conn = resolve_connection(ls_server.data_dir, env={})
-    return Adapter(conn, retries=2, backoff_s=0.2, batch_size=50)
+    with Adapter(conn, retries=2, backoff_s=0.2, batch_size=50) as adapter:
+        yield adapter
 
 
 @pytest.fixture(scope="session")
@@ -70,3 +72,43 @@ def sample_manifest(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     path = tmp_path_factory.mktemp("ls_manifest") / "manifest.parquet"
     ingest.run(sample_dir / "images", path, log=lambda line: None)
     return read_table("manifest", path), read_table("points", sample_dir / "points.parquet")
+
+
+
+class Rounds:
+    """Helpers of the flow tests: the sample ``manifest`` and ground truth ``gt``, image picking, pushing."""
+
+    labels = ("nucleus", "micronucleus")  # params ``labels`` of the test projects
+    title = "nucleate test"
+
+    def __init__(self, manifest, gt):
+        self.manifest, self.gt = manifest, gt
+        self.sizes = {r["image_id"]: (r["width"], r["height"]) for r in manifest.to_pylist()}
+
+    def pick(self, n: int, square: bool | None = False) -> list[str]:
+        """The first ``n`` image ids (non-square ones by default, so x/y mix-ups show)."""
+        rows = self.manifest.to_pylist()
+        if square is not None:
+            rows = [r for r in rows if (r["width"] == r["height"]) == square]
+        return [r["image_id"] for r in rows[:n]]
+
+    def project(self, adapter, model_version=None) -> int:
+        pid = adapter.ensure_project(self.title, self.labels, model_version=model_version)
+        adapter.ensure_storage(pid, adapter.conn.files_root / "images")
+        return pid
+
+    def push(self, adapter, ids, round=1, predictions=None, model_version=None, inflight=None):
+        """``(project id, PushReport)`` of :func:`flows.ls_push.push` of ``ids`` (display PNGs rendered)."""
+        from flows.ls_push import push, render_images
+        from nucleate.config import LabelStudioParams
+
+        pid = self.project(adapter, model_version)
+        records = render_images(self.manifest, ids, adapter.conn.files_root)
+        return pid, push(adapter, pid, [records[i] for i in ids], round=round, labels=self.labels,
+                         marker_pct=LabelStudioParams().point_radius_pct, predictions=predictions,
+                         model_version=model_version, inflight=inflight)
+
+
+@pytest.fixture
+def rounds(sample_manifest) -> Rounds:
+    return Rounds(*sample_manifest)

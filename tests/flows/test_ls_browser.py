@@ -14,9 +14,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from flows.labelstudio import Adapter, render_images, resolve_connection
+from flows.ls_client import Adapter
+from flows.ls_connection import resolve_connection
+from flows.ls_push import push, render_images
+from nucleate.annotations import collect_points
 
-CLASSES = ("nucleus", "micronucleus")
+LABELS = ("nucleus", "micronucleus")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 
@@ -38,13 +41,14 @@ def test_annotator_sees_pre_annotations_clicks_and_submits(ls_server, sample_man
     image_id, w, h = row["image_id"], row["width"], row["height"]
     conn = resolve_connection(ls_server.data_dir, env={})
     adapter = Adapter(conn, retries=1, backoff_s=0.2)
-    pid = adapter.ensure_project("nucleate ui", CLASSES, model_version="round-001")
+    pid = adapter.ensure_project("nucleate ui", LABELS, model_version="round-001")
     adapter.ensure_storage(pid, conn.files_root / "images")
     rec = render_images(manifest, [image_id], conn.files_root)[image_id]
     pred_xy = np.array([[0.2 * w, 0.25 * h], [0.75 * w, 0.3 * h], [0.5 * w, 0.8 * h]])
     preds = pa.table({"image_id": [image_id] * 3, "x": pred_xy[:, 0], "y": pred_xy[:, 1],
                       "label": ["nucleus"] * 3, "score": [0.9, 0.8, 0.7]})
-    report = adapter.push(pid, [rec], round=1, predictions=preds, model_version="round-001", classes=CLASSES)
+    report = push(adapter, pid, [rec], round=1, predictions=preds, model_version="round-001", labels=LABELS,
+                  marker_pct=0.6)
     task_id = report.created[image_id]
     target = (0.4 * w + 0.3, 0.55 * h + 0.7)                      # far from the pre-annotations
     creds = ls_server.credentials()
@@ -101,7 +105,7 @@ def test_annotator_sees_pre_annotations_clicks_and_submits(ls_server, sample_man
             browser.close()
     assert outside == []                                               # the UI called nothing outside the server
 
-    result = adapter.pull(pid, classes=CLASSES)
+    result = collect_points(adapter.export(pid, [task_id]), labels=LABELS, users=adapter.users())
     rows = result.points.to_pylist()
     assert len(rows) == 4 and {r["annotator"] for r in rows} == {creds["email"]}
     manual = [r for r in rows if r["origin"] == "manual"]

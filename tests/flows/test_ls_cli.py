@@ -1,23 +1,28 @@
-"""The user's path on the command line: ls up/status/push/annotate-sim/progress/pull/down and points export/import."""
+"""The user's path on the command line: ls up/status/push/annotate-sim/progress/pull/down, the points stage and
+points export/import."""
 
 from __future__ import annotations
 
 import json
 import socket
+import xml.etree.ElementTree as ET
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
 from nucleate.io import read_table, write_table
 
-CLASSES = ["nucleus", "micronucleus"]
+LABELS = ["nucleus", "micronucleus"]
 
 
 def _params(path, **ls):
+    """A params file with the point labels and test Label Studio settings (teacher.classes: the default, which
+    includes "background")."""
     ls = {"project_title": "nucleate cli", "retries": 1, "retry_backoff_s": 0.1, **ls}
-    lines = [f"classes: [{', '.join(CLASSES)}]", "labelstudio:"] + [f"  {k}: {v}" for k, v in ls.items()]
+    lines = [f"labels: [{', '.join(LABELS)}]", "labelstudio:"] + [f"  {k}: {v}" for k, v in ls.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -40,6 +45,8 @@ def test_command_line_round(ls_data, sample_dir, sample_manifest, tmp_path):
     write_table("selection", {"round": [1] * 3, "rank": [0, 1, 2], "image_id": ids, "strategy": ["pcoreset"] * 3,
                               "min_distance": [0.5, 0.4, 0.3]}, sel_path)
     common = ["--params", params, "--data-dir", data]
+    inflight, ann = tmp_path / "inflight.parquet", tmp_path / "annotations"
+    push_args = ["ls", "push", "--selection", sel_path, "--manifest", man_path, "--inflight", inflight, *common]
 
     code, out = _run(runner, ["ls", "status", "--data-dir", data])
     assert code == 1 and "not running" in out
@@ -51,10 +58,12 @@ def test_command_line_round(ls_data, sample_dir, sample_manifest, tmp_path):
         code, out = _run(runner, ["ls", "status", "--data-dir", data])
         assert code == 0 and "healthy" in out
 
-        code, out = _run(runner, ["ls", "push", "--selection", sel_path, "--manifest", man_path, *common])
-        assert code == 0 and "3 new task(s) in round 1" in out, out
-        code, out = _run(runner, ["ls", "push", "--selection", sel_path, "--manifest", man_path, *common])
-        assert code == 0 and "nothing created" in out
+        code, out = _run(runner, push_args)
+        assert code == 0 and "3 new task(s) in round 1" in out and f"3 image(s) added to {inflight}" in out, out
+        code, out = _run(runner, push_args)
+        assert code == 0 and "nothing created" in out and f"0 image(s) added to {inflight}" in out
+        assert sorted(read_table("selection", sel_path).column("image_id").to_pylist()) == sorted(
+            pq.read_table(inflight).column("image_id").to_pylist())
         code, out = _run(runner, ["ls", "progress", "--round", 1, *common])
         assert code == 0 and json.loads(out.strip().splitlines()[-1])["open"] == 3
 
@@ -64,17 +73,17 @@ def test_command_line_round(ls_data, sample_dir, sample_manifest, tmp_path):
         code, out = _run(runner, ["ls", "progress", "--round", 1, *common])
         assert code == 0 and "3/3 finished" in out
 
-        ann = tmp_path / "ann"
-        code, out = _run(runner, ["ls", "pull", "--out", ann, "--selection", sel_path, *common])
-        assert code == 0 and "0 task(s) deleted" in out, out
-        points = read_table("points", ann / "points.parquet")
-        assert set(points.column("image_id").to_pylist()) == set(ids)
-        assert set(points.column("annotator").to_pylist()) == {"sim@lab.org"}
+        code, out = _run(runner, ["ls", "pull", "--annotations", ann, "--inflight", inflight, *common])
+        assert code == 0 and "round 1: 3 task(s), 3 finished (0 skipped), 0 open, 0 deleted" in out, out
+        assert f"3 finished or deleted task(s) cleared from {inflight}; 0 still in flight" in out
+        # the labels annotators were offered: params labels, never the teacher's "background"
+        config = ET.parse(ann / "round-001" / "label_config.xml").getroot()
+        assert [lbl.get("value") for lbl in config.iter("Label")] == LABELS
 
         # wrong token for an existing server: one clear line, exit 1
         env = {"NUCLEATE_LS_URL": json.loads((data / "server.json").read_text())["url"],
                "NUCLEATE_LS_TOKEN": "definitely-wrong-token"}
-        code, out = _run(runner, ["ls", "pull", "--out", tmp_path / "x", *common], env=env)
+        code, out = _run(runner, ["ls", "pull", "--annotations", tmp_path / "x", *common], env=env)
         assert code == 1 and "rejected the token" in out and "definitely-wrong-token" not in out
         assert not (tmp_path / "x").exists()
     finally:
@@ -83,10 +92,21 @@ def test_command_line_round(ls_data, sample_dir, sample_manifest, tmp_path):
     code, out = _run(runner, ["ls", "status", "--data-dir", data])
     assert code == 1
 
-    # the pulled points export to QuPath GeoJSON and COCO keypoints and read back equal
+    # the points stage turns the saved export into points tables (no server needed)
+    pts_path = tmp_path / "points.parquet"
+    code, out = _run(runner, ["points", "--annotations", ann, "--manifest", man_path, "--out", pts_path,
+                              "--consensus", tmp_path / "consensus.parquet", "--report", tmp_path / "report.json",
+                              "--params", params])
+    assert code == 0 and "points: round 1:" in out, out
+    points = read_table("points", pts_path)
+    assert set(points.column("image_id").to_pylist()) == set(ids)
+    assert set(points.column("annotator").to_pylist()) == {"sim@lab.org"}
+    assert set(points.column("label").to_pylist()) <= set(LABELS)
+
+    # the points export to QuPath GeoJSON and COCO keypoints and read back equal
     qp, coco = tmp_path / "qupath", tmp_path / "points.coco.json"
     for fmt, dest in (("qupath", qp), ("coco", coco)):
-        code, out = _run(runner, ["points", "export", "--points", ann / "points.parquet", "--manifest", man_path,
+        code, out = _run(runner, ["points", "export", "--points", pts_path, "--manifest", man_path,
                                   "--format", fmt, "--out", dest, "--params", params])
         assert code == 0, out
     assert len(list(qp.rglob("*.geojson"))) == 3
@@ -109,7 +129,7 @@ def test_cli_names_an_unreachable_url_and_writes_nothing(tmp_path):
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     params = _params(tmp_path / "params.yaml")
-    code, out = _run(CliRunner(), ["ls", "pull", "--out", tmp_path / "ann", "--params", params],
+    code, out = _run(CliRunner(), ["ls", "pull", "--annotations", tmp_path / "ann", "--params", params],
                      env={"NUCLEATE_LS_URL": url, "NUCLEATE_LS_TOKEN": "tok-123456"})
     assert code == 1
     assert f"error: Label Studio at {url} is not reachable" in out and "tried 2 times" in out

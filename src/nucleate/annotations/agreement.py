@@ -7,7 +7,8 @@ matchings with the most pairs, the one with the smallest total distance is used.
 with a k-d tree) and scales to thousands of points per image.
 
 Agreement of annotators A and B on an image: ``tp`` = matched pairs, ``F1 = 2 tp / (n_A + n_B)``
-(symmetric: precision of B against A = recall of A against B); two empty sets agree perfectly (F1 = 1).
+(:attr:`nucleate.metrics.PointMatch.f1` with A as truth: symmetric, precision of B against A = recall of
+A against B); two empty sets agree perfectly (F1 = 1).
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ import numpy as np
 import pyarrow as pa
 
 from nucleate import metrics
-from nucleate.io.tables import SCHEMAS, validate_table
+from nucleate.annotations.points import group_rows, points_table, points_xy, rows_by_image
+from nucleate.io.tables import SCHEMAS
 
 __all__ = [
     "match_points",
-    "pair_f1",
     "PairAgreement",
     "AgreementReport",
     "agreement",
@@ -47,11 +48,6 @@ def match_points(a: np.ndarray, b: np.ndarray, radius: float) -> tuple[np.ndarra
     return pairs[:, 0], pairs[:, 1]
 
 
-def pair_f1(tp: int, n_a: int, n_b: int) -> float:
-    """Symmetric F1 = 2 tp / (n_a + n_b); 1.0 when both sets are empty."""
-    return 1.0 if n_a + n_b == 0 else 2.0 * tp / (n_a + n_b)
-
-
 @dataclass
 class PairAgreement:
     """Agreement of two annotators pooled over the images both annotated."""
@@ -66,7 +62,8 @@ class PairAgreement:
 
     @property
     def f1(self) -> float:
-        return pair_f1(self.tp, self.n_a, self.n_b)
+        """Pooled ``2 tp / (n_a + n_b)`` (:attr:`nucleate.metrics.PointMatch.f1`, A as truth); 1.0 with no points."""
+        return metrics.PointMatch(np.zeros((0, 2), np.int64), self.tp, self.n_b - self.tp, self.n_a - self.tp).f1
 
     def as_dict(self) -> dict[str, Any]:
         return {"annotator_a": self.annotator_a, "annotator_b": self.annotator_b, "images": self.images,
@@ -92,12 +89,9 @@ class AgreementReport:
 
 def _groups(points: pa.Table) -> dict[str, dict[str, np.ndarray]]:
     """image_id -> annotator -> row indices."""
-    image = points.column("image_id").to_numpy(zero_copy_only=False)
     who = points.column("annotator").to_numpy(zero_copy_only=False)
-    out: dict[str, dict[str, list[int]]] = {}
-    for i, (img, ann) in enumerate(zip(image.tolist(), who.tolist(), strict=True)):
-        out.setdefault(img, {}).setdefault(ann, []).append(i)
-    return {img: {a: np.asarray(r, np.int64) for a, r in d.items()} for img, d in out.items()}
+    return {img: {a: rows[r] for a, r in group_rows(who[rows]).items()}
+            for img, rows in rows_by_image(points).items()}
 
 
 def agreement(points: pa.Table, radius: float,
@@ -107,7 +101,7 @@ def agreement(points: pa.Table, radius: float,
     ``annotators`` (image_id -> annotators who submitted) adds annotators who submitted *no* points on an
     image (an empty annotation is an opinion too); without it only annotators with points count.
     """
-    xy = np.stack([points.column("x").to_numpy(), points.column("y").to_numpy()], axis=1).reshape(-1, 2)
+    xy = points_xy(points)
     groups = _groups(points)
     if annotators:
         for img, names in annotators.items():
@@ -123,14 +117,15 @@ def agreement(points: pa.Table, radius: float,
         image_pairs = []
         for a, b in combinations(sorted(by), 2):
             pa_, pb_ = xy[by[a]], xy[by[b]]
-            ia, ib = match_points(pa_, pb_, radius)
+            match = metrics.match_points(pa_, pb_, radius)
+            ia, ib = match.pairs[:, 0], match.pairs[:, 1]
             rec = pairs.setdefault((a, b), PairAgreement(a, b))
             rec.images += 1
-            rec.tp += len(ia)
+            rec.tp += match.tp
             rec.n_a += len(pa_)
             rec.n_b += len(pb_)
             dists.setdefault((a, b), []).extend(np.hypot(*(pa_[ia] - pb_[ib]).T).tolist())
-            image_pairs.append(pair_f1(len(ia), len(pa_), len(pb_)))
+            image_pairs.append(match.f1)
         report.per_image.append({"image_id": img, "annotators": sorted(by),
                                  "f1": round(float(np.mean(image_pairs)), 6)})
     for key, rec in sorted(pairs.items()):
@@ -193,10 +188,10 @@ def consensus_table(points: pa.Table, radius: float, min_fraction: float = 0.5,
                 for name in names:
                     groups[img].setdefault(name, np.zeros(0, np.int64))
     cols = {name: points.column(name).to_numpy(zero_copy_only=False)
-            for name in ("x", "y", "label", "round", "origin")}
+            for name in ("label", "round", "origin")}
     task_ids = points.column("task_id").to_pylist()
     created = points.column("created_at").to_pylist()
-    xy = np.stack([cols["x"], cols["y"]], axis=1).astype(np.float64).reshape(-1, 2)
+    xy = points_xy(points)
     keep_rows: list[np.ndarray] = []
     out: dict[str, list] = {k: [] for k in SCHEMAS["points"].names}
     for img in sorted(groups):
@@ -224,7 +219,5 @@ def consensus_table(points: pa.Table, radius: float, min_fraction: float = 0.5,
     schema = SCHEMAS["points"]
     single = points.select(schema.names).take(pa.array(np.concatenate(keep_rows) if keep_rows
                                                       else np.zeros(0, np.int64)))
-    merged = pa.table({name: pa.array(out[name], type=schema.field(name).type) for name in schema.names},
-                      schema=schema)
-    table = pa.concat_tables([single.cast(schema), merged])
-    return validate_table("points", table, source="consensus points")
+    merged = points_table(out, source="consensus points")
+    return pa.concat_tables([single.cast(schema), merged.cast(schema)])

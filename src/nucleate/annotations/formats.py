@@ -28,7 +28,8 @@ from typing import Any
 import pyarrow as pa
 
 from nucleate.annotations.labelstudio import PALETTE, point_problem
-from nucleate.io.tables import ORIGINS, SCHEMAS, validate_table
+from nucleate.annotations.points import UNKNOWN_TIME, points_table
+from nucleate.io.tables import ORIGINS, SCHEMAS
 
 __all__ = [
     "ImportResult",
@@ -41,7 +42,6 @@ __all__ = [
 ]
 
 COCO_OFFSET = 0.5  # nucleate x - COCO x (pixel corners vs pixel indices)
-_EPOCH = datetime.fromtimestamp(0, UTC)
 _NS = uuid.UUID("6f0c1f2e-5b7a-4e8b-9a35-2c1d0b5e7a10")  # uuid5 namespace for stable feature ids
 
 
@@ -70,13 +70,13 @@ def _meta(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def to_qupath(points: pa.Table, classes: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+def to_qupath(points: pa.Table, labels: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
     """``points`` -> ``{image_id: GeoJSON FeatureCollection}`` (one ``Point`` feature per row).
 
-    ``classes`` fixes label colours (same palette as the Label Studio config); other labels get grey.
-    Feature ids are UUIDs derived from the row's content, so exports are reproducible.
+    ``labels`` (params ``labels``) fixes label colours (same palette as the Label Studio config); other
+    labels get grey. Feature ids are UUIDs derived from the row's content, so exports are reproducible.
     """
-    colour = {c: _rgb(PALETTE[i % len(PALETTE)]) for i, c in enumerate(classes)}
+    colour = {c: _rgb(PALETTE[i % len(PALETTE)]) for i, c in enumerate(labels)}
     out: dict[str, dict[str, Any]] = {}
     for i, row in enumerate(points.select(SCHEMAS["points"].names).to_pylist()):
         meta = _meta(row)
@@ -122,9 +122,9 @@ def _label_of(props: Mapping[str, Any]) -> str | None:
 class _Builder:
     """Accumulates rows, checks each point, keeps rejections (one line each)."""
 
-    def __init__(self, sizes: Mapping[str, tuple[int, int]], classes: Sequence[str] | None,
+    def __init__(self, sizes: Mapping[str, tuple[int, int]], labels: Sequence[str] | None,
                  defaults: Mapping[str, Any]):
-        self.sizes, self.classes, self.defaults = sizes, classes, defaults
+        self.sizes, self.labels, self.defaults = sizes, labels, defaults
         self.cols: dict[str, list] = {k: [] for k in SCHEMAS["points"].names}
         self.rejected: list[str] = []
 
@@ -139,7 +139,7 @@ class _Builder:
             self.rejected.append(f"{where}: coordinates are not numbers ({x!r}, {y!r})")
             return
         width, height = self.sizes[image_id]
-        problem = point_problem(xf, yf, label, width, height, self.classes)
+        problem = point_problem(xf, yf, label, width, height, self.labels)
         if problem:
             self.rejected.append(f"{where}: image {image_id}: {problem}")
             return
@@ -157,21 +157,19 @@ class _Builder:
             self.cols[k].append(row.get(k))
 
     def result(self, source: str) -> ImportResult:
-        schema = SCHEMAS["points"]
-        table = pa.table({k: pa.array(v, type=schema.field(k).type) for k, v in self.cols.items()})
-        return ImportResult(validate_table("points", table, source=source), self.rejected)
+        return ImportResult(points_table(self.cols, source=source), self.rejected)
 
 
 def _defaults(annotator: str, round: int, origin: str, created_at: datetime | None) -> dict[str, Any]:
     return {"annotator": annotator, "round": int(round), "origin": origin, "task_id": None,
-            "annotation_id": None, "created_at": created_at or _EPOCH}
+            "annotation_id": None, "created_at": created_at or UNKNOWN_TIME}
 
 
 def from_qupath(
     documents: Iterable[tuple[str, str, Any]],
     *,
     sizes: Mapping[str, tuple[int, int]],
-    classes: Sequence[str] | None,
+    labels: Sequence[str] | None,
     default_label: str | None = None,
     annotator: str = "qupath",
     round: int = 0,
@@ -185,7 +183,7 @@ def from_qupath(
     (None: rejected). Columns saved by :func:`to_qupath` under ``properties.nucleate`` are restored;
     otherwise ``annotator``, ``round``, ``origin``, ``created_at`` fill them.
     """
-    b = _Builder(sizes, classes, _defaults(annotator, round, origin, created_at))
+    b = _Builder(sizes, labels, _defaults(annotator, round, origin, created_at))
     for source, image_id, obj in documents:
         try:
             features = _features(obj)
@@ -219,16 +217,17 @@ def from_qupath(
 def to_coco(
     points: pa.Table,
     images: Sequence[Mapping[str, Any]],
-    classes: Sequence[str],
+    labels: Sequence[str],
 ) -> dict[str, Any]:
     """``points`` -> one COCO keypoints document.
 
     ``images``: dicts with ``image_id``, ``file_name``, ``width``, ``height`` (e.g. manifest rows); every
-    image is listed (images without points have no annotations). ``categories`` = ``classes`` in order
-    (ids from 1) plus any other label found. Keypoints are ``[x - 0.5, y - 0.5, 2]`` (pixel indices).
+    image is listed (images without points have no annotations). ``categories`` = ``labels`` (params
+    ``labels``) in order (ids from 1) plus any other label found. Keypoints are ``[x - 0.5, y - 0.5, 2]``
+    (pixel indices).
     """
-    labels = list(classes) + sorted(set(points.column("label").to_pylist()) - set(classes))
-    cat = {name: i + 1 for i, name in enumerate(labels)}
+    names = list(labels) + sorted(set(points.column("label").to_pylist()) - set(labels))
+    cat = {name: i + 1 for i, name in enumerate(names)}
     img_num = {}
     out_images = []
     for n, im in enumerate(images, start=1):
@@ -261,7 +260,7 @@ def from_coco(
     *,
     sizes: Mapping[str, tuple[int, int]] | None = None,
     names: Mapping[str, str] | None = None,
-    classes: Sequence[str] | None = None,
+    labels: Sequence[str] | None = None,
     annotator: str = "coco",
     round: int = 0,
     origin: str = "manual",
@@ -281,7 +280,7 @@ def from_coco(
     if sizes is None:
         sizes = {i: (w, h) for i, w, h in images.values() if i is not None}
     cats = {c["id"]: c["name"] for c in doc.get("categories") or []}
-    b = _Builder(sizes, classes, _defaults(annotator, round, origin, None))
+    b = _Builder(sizes, labels, _defaults(annotator, round, origin, None))
     for n, ann in enumerate(doc.get("annotations") or []):
         where = f"COCO annotation {ann.get('id', n)}"
         kp = ann.get("keypoints") or []
@@ -301,7 +300,7 @@ def from_csv(
     source: str,
     sizes: Mapping[str, tuple[int, int]],
     names: Mapping[str, str] | None = None,
-    classes: Sequence[str] | None,
+    labels: Sequence[str] | None,
     default_label: str | None = None,
     annotator: str = "csv",
     round: int = 0,
@@ -322,7 +321,7 @@ def from_csv(
                          f"found: {', '.join(header) or 'no header'}")
     if "image_id" not in header and "image" not in header:
         raise ValueError(f"{source}: needs a column image_id or image (file name or path from the manifest)")
-    b = _Builder(sizes, classes, _defaults(annotator, round, origin, None))
+    b = _Builder(sizes, labels, _defaults(annotator, round, origin, None))
     for line, row in enumerate(reader, start=2):
         where = f"{source}: line {line}"
         image_id = (row.get("image_id") or "").strip() or None

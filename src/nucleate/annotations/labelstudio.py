@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from nucleate.io.tables import SCHEMAS, validate_table
+from nucleate.annotations.points import points_table, rows_by_image
+from nucleate.io.tables import empty_table
 
 __all__ = [
     "FROM_NAME",
@@ -38,38 +39,41 @@ __all__ = [
     "keypoint_results",
     "keypoint_points",
     "point_problem",
+    "prediction_points",
     "Rejected",
-    "PullResult",
+    "CollectedPoints",
     "collect_points",
     "task_progress",
+    "task_finished",
 ]
 
 #: Control (``from_name``) and object (``to_name``) tag names of the generated labeling config.
 FROM_NAME = "kp"
 TO_NAME = "image"
-#: Label colours, cycled over ``classes`` in order (readable on gray fluorescence images).
+#: Label colours, cycled over the point labels in order (readable on gray fluorescence images).
 PALETTE = ("#22c55e", "#ef4444", "#3b82f6", "#f59e0b", "#a855f7", "#06b6d4", "#ec4899", "#84cc16")
 
 
-def labeling_config(classes: Sequence[str]) -> str:
-    """Label Studio labeling config: one zoomable ``Image`` and ``KeyPointLabels`` with one label per class.
+def labeling_config(labels: Sequence[str]) -> str:
+    """Label Studio labeling config: one zoomable ``Image`` and ``KeyPointLabels`` with one label per entry
+    of ``labels`` (params ``labels``: what annotators click, not the teacher's classes).
 
-    Hotkeys ``1``, ``2``, ... select ``classes`` in order (Label Studio assigns them by position).
+    Hotkeys ``1``, ``2``, ... select ``labels`` in order (Label Studio assigns them by position).
     """
-    classes = list(classes)
-    if not classes:
-        raise ValueError("classes is empty: the labeling config needs at least one label (params: classes)")
-    if len(set(classes)) != len(classes):
-        raise ValueError(f"classes has duplicate names: {classes}")
-    labels = "\n".join(
+    labels = list(labels)
+    if not labels:
+        raise ValueError("labels is empty: the labeling config needs at least one point label (params: labels)")
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"labels has duplicate names: {labels} (params: labels)")
+    tags = "\n".join(
         f'    <Label value="{html.escape(name, quote=True)}" background="{PALETTE[i % len(PALETTE)]}"/>'
-        for i, name in enumerate(classes)
+        for i, name in enumerate(labels)
     )
     return (
         "<View>\n"
         f'  <Image name="{TO_NAME}" value="${TO_NAME}" zoom="true" zoomControl="true"/>\n'
         f'  <KeyPointLabels name="{FROM_NAME}" toName="{TO_NAME}" strokeWidth="2">\n'
-        f"{labels}\n"
+        f"{tags}\n"
         "  </KeyPointLabels>\n"
         "</View>"
     )
@@ -123,16 +127,16 @@ def keypoint_results(
 
 
 def point_problem(x: float, y: float, label: str | None, width: int, height: int,
-                  classes: Sequence[str] | None) -> str | None:
+                  labels: Sequence[str] | None) -> str | None:
     """Why a point cannot be kept, or None when it is fine.
 
     A point must be finite and inside the image, ``0 <= x <= width`` and ``0 <= y <= height`` (pixel
-    corners), and its label must be one of ``classes`` (when given).
+    corners), and its label must be one of ``labels`` (params ``labels``; when given).
     """
     if label is None or label == "":
         return "has no label"
-    if classes is not None and label not in classes:
-        return f"unknown label {label!r} (known: {', '.join(classes)})"
+    if labels is not None and label not in labels:
+        return f"unknown label {label!r} (known: {', '.join(labels)})"
     if not (math.isfinite(x) and math.isfinite(y)):
         return f"coordinates are not finite ({x}, {y})"
     if not (0.0 <= x <= width and 0.0 <= y <= height):
@@ -145,14 +149,14 @@ def keypoint_points(
     *,
     width: int | None = None,
     height: int | None = None,
-    classes: Sequence[str] | None = None,
+    labels: Sequence[str] | None = None,
 ) -> tuple[list[tuple[float, float, str, str]], list[tuple[float | None, float | None, str | None, str]]]:
     """Keypoint results -> ``(kept, rejected)``.
 
     ``kept``: ``(x, y, label, origin)`` in pixels (origin ``manual`` or ``prediction``); ``rejected``:
     ``(x, y, label, reason)`` for each result that is not a single-label keypoint inside the image with a
-    known label. ``width``/``height`` are the image's true size in pixels; when None, each result's
-    ``original_width``/``original_height`` is used.
+    label in ``labels``. ``width``/``height`` are the image's true size in pixels; when None, each
+    result's ``original_width``/``original_height`` is used.
     """
     kept, rejected = [], []
     for r in results:
@@ -174,7 +178,7 @@ def keypoint_points(
         if len(names) > 1:
             rejected.append((x, y, None, f"several labels {names}; one label per point"))
             continue
-        problem = point_problem(x, y, label, int(w), int(h), classes)
+        problem = point_problem(x, y, label, int(w), int(h), labels)
         if problem:
             rejected.append((x, y, label, problem))
             continue
@@ -183,9 +187,45 @@ def keypoint_points(
     return kept, rejected
 
 
+def prediction_points(
+    predictions: pa.Table, sizes: Mapping[str, tuple[int, int]], labels: Sequence[str] | None
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """A student's predicted points of the images in ``sizes`` (image_id -> (width, height) px), grouped
+    for pre-annotation: ``(image_id -> {"xy" (K, 2) float64, "label" [K], "score" [K]}, rejected lines)``.
+
+    ``predictions`` is a points table or any table with ``image_id``, ``x``, ``y``, ``label`` and an optional
+    ``score`` (missing or null: 1.0). Rows of other images are ignored; points outside their image or
+    with a label not in ``labels`` are left out, one line each naming the row.
+    """
+    for name in ("image_id", "x", "y", "label"):
+        if name not in predictions.column_names:
+            raise ValueError(f"predictions table has no column '{name}' (needs image_id, x, y, label[, score])")
+    cols = {n: predictions.column(n).to_pylist() for n in ("x", "y", "label")}
+    scores = predictions.column("score").to_pylist() if "score" in predictions.column_names else None
+    grouped: dict[str, dict[str, Any]] = {}
+    rejected: list[tuple[int, str]] = []
+    for image_id, rows in rows_by_image(predictions).items():
+        if image_id not in sizes:
+            continue
+        width, height = sizes[image_id]
+        xy, names, score = [], [], []
+        for i in rows.tolist():
+            x, y, label = cols["x"][i], cols["y"][i], cols["label"][i]
+            problem = point_problem(float(x), float(y), label, width, height, labels)
+            if problem:
+                rejected.append((i, f"prediction row {i} (image {image_id}) left out: {problem}"))
+                continue
+            xy.append((x, y))
+            names.append(label)
+            score.append(1.0 if scores is None or scores[i] is None else float(scores[i]))
+        if xy:
+            grouped[image_id] = {"xy": np.asarray(xy, np.float64), "label": names, "score": score}
+    return grouped, [line for _, line in sorted(rejected)]
+
+
 @dataclass(frozen=True)
 class Rejected:
-    """One point (or annotation) left out of a pull, with the reason."""
+    """One point (or annotation) left out of the points table, with the reason."""
 
     image_id: str
     task_id: int
@@ -204,8 +244,8 @@ class Rejected:
 
 
 @dataclass
-class PullResult:
-    """Points read back from Label Studio tasks, and what was left out (see :func:`collect_points`)."""
+class CollectedPoints:
+    """Points collected from Label Studio tasks, and what was left out (see :func:`collect_points`)."""
 
     points: pa.Table
     tasks: int = 0
@@ -219,10 +259,9 @@ class PullResult:
     annotators: dict[str, list[str]] = field(default_factory=dict)  # image_id -> annotators
 
     @classmethod
-    def combine(cls, parts: Sequence[PullResult]) -> PullResult:
-        """One result from results of disjoint task sets (e.g. export pages)."""
-        out = cls(points=pa.concat_tables([p.points for p in parts]) if parts
-                  else SCHEMAS["points"].empty_table())
+    def combine(cls, parts: Sequence[CollectedPoints]) -> CollectedPoints:
+        """One result from results of disjoint task sets (e.g. rounds)."""
+        out = cls(points=pa.concat_tables([p.points for p in parts]) if parts else empty_table("points"))
         for p in parts:
             for name in ("tasks", "annotated_tasks", "skipped_tasks", "annotations", "cancelled", "superseded"):
                 setattr(out, name, getattr(out, name) + getattr(p, name))
@@ -262,25 +301,26 @@ def _user_name(completed_by: Any, users: Mapping[int, str]) -> str:
 def collect_points(
     tasks: Iterable[Mapping[str, Any]],
     *,
-    classes: Sequence[str] | None,
+    labels: Sequence[str] | None,
     users: Mapping[int, str] | None = None,
     rounds: Sequence[int] | None = None,
     expected_image_ids: Iterable[str] | None = None,
     default_round: int = 0,
-) -> PullResult:
+) -> CollectedPoints:
     """Label Studio tasks (export ``JSON`` shape) -> a validated ``points`` table and a report.
 
     Each task's ``data`` carries ``image_id``, ``round``, ``width`` and ``height`` (as pushed). Per task
     and annotator only the most recently updated annotation counts (an annotator who saved twice has
     their earlier version *superseded*); ``was_cancelled`` (skipped) annotations are counted and give no
-    points. Points outside the image or with a label not in ``classes`` are rejected one by one, the rest
+    points. Points outside the image or with a label not in ``labels`` are rejected one by one, the rest
     of that annotation is kept. ``users`` maps user id -> name (``annotator`` column); ``rounds`` keeps only
     tasks of those rounds; ``expected_image_ids`` (what was pushed) that have no task are reported in
     ``missing_image_ids`` (deleted in Label Studio). ``created_at`` is the annotation's last update.
     """
     users = users or {}
-    cols: dict[str, list] = {k: [] for k in SCHEMAS["points"].names}
-    res = PullResult(points=SCHEMAS["points"].empty_table())
+    cols: dict[str, list] = {k: [] for k in ("image_id", "x", "y", "label", "annotator", "task_id",
+                                             "annotation_id", "round", "origin", "created_at")}
+    res = CollectedPoints(points=empty_table("points"))
     seen_ids: set[str] = set()
     wanted = None if rounds is None else {int(r) for r in rounds}
     for task in tasks:
@@ -319,28 +359,32 @@ def collect_points(
                 ann.get("result") or [],
                 width=int(width) if width else None,
                 height=int(height) if height else None,
-                classes=classes,
+                labels=labels,
             )
             ann_id = int(ann["id"]) if ann.get("id") is not None else None
             for x, y, label, reason in rejected:
                 res.rejected.append(Rejected(image_id, task_id, ann_id, who, x, y, label, reason))
             stamp = _timestamp(ann.get("updated_at") or ann.get("created_at"))
             for x, y, label, origin in kept:
-                cols["image_id"].append(image_id)
-                cols["x"].append(x)
-                cols["y"].append(y)
-                cols["label"].append(label)
-                cols["annotator"].append(who)
-                cols["task_id"].append(task_id)
-                cols["annotation_id"].append(ann_id)
-                cols["round"].append(task_round)
-                cols["origin"].append(origin)
-                cols["created_at"].append(stamp)
+                for name, value in (("image_id", image_id), ("x", x), ("y", y), ("label", label),
+                                    ("annotator", who), ("task_id", task_id), ("annotation_id", ann_id),
+                                    ("round", task_round), ("origin", origin), ("created_at", stamp)):
+                    cols[name].append(value)
     if expected_image_ids is not None:
         res.missing_image_ids = sorted({str(i) for i in expected_image_ids} - seen_ids)
-    table = pa.table({k: pa.array(v, type=SCHEMAS["points"].field(k).type) for k, v in cols.items()})
-    res.points = validate_table("points", table, source="Label Studio annotations")
+    res.points = points_table(cols, source="Label Studio annotations")
     return res
+
+
+def task_finished(task: Mapping[str, Any]) -> bool:
+    """True when a task (export or task-list shape) is done: at least one submitted or skipped annotation.
+
+    Uses the ``total_annotations`` (submitted) and ``cancelled_annotations`` (skipped) counters when
+    present, else the task's ``annotations`` list.
+    """
+    if "total_annotations" in task or "cancelled_annotations" in task:
+        return int(task.get("total_annotations") or 0) > 0 or int(task.get("cancelled_annotations") or 0) > 0
+    return bool(task.get("annotations"))
 
 
 def task_progress(tasks: Iterable[Mapping[str, Any]]) -> dict[str, int]:

@@ -1,0 +1,278 @@
+"""Push a round to Label Studio: display images, one task per image, pre-annotations, the in-flight table.
+
+:func:`push` creates one task per image not yet in the project (idempotent, keyed by ``image_id``) and
+records every pushed image in the in-flight table (``storage/inflight.parquet``: ``image_id``, ``round``,
+``task_id``) as part of the push: after each imported batch the table is rewritten atomically (existing
+rows + the batch's, one row per image), so an interrupted push leaves exactly the tasks that exist
+recorded. Images that already were tasks are recorded too when missing. ``nucleate ls pull``
+(:mod:`flows.ls_pull`) clears the rows of finished tasks.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from flows.ls_client import Adapter
+from flows.ls_connection import UncertainOutcome
+from nucleate.annotations.display import display_uint8
+from nucleate.annotations.labelstudio import keypoint_results, prediction_points
+from nucleate.io import TableError, atomic_path, read_image, table_metadata
+
+__all__ = [
+    "INFLIGHT_SCHEMA",
+    "ImageRecord",
+    "PushReport",
+    "load_inflight",
+    "push",
+    "render_images",
+    "task_json",
+    "update_inflight",
+]
+
+# TODO(lead): use SCHEMAS["inflight"] (nucleate.io.tables) once it is registered there, and read/write the
+# table with read_table / write_table instead of load_inflight's checks below.
+INFLIGHT_SCHEMA = pa.schema([
+    pa.field("image_id", pa.string(), nullable=False),
+    pa.field("round", pa.int32(), nullable=False),
+    pa.field("task_id", pa.int64(), nullable=True),
+])
+
+
+def load_inflight(path: str | Path) -> pa.Table:
+    """The in-flight table at ``path`` (zero rows when the file does not exist). Older files without a
+    ``task_id`` column read with null task ids. Errors name the file and the column."""
+    path = Path(path)
+    if not path.exists():
+        return INFLIGHT_SCHEMA.empty_table()
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise TableError(f"{path}: not a readable Parquet file ({exc})") from None
+    if "task_id" not in table.column_names:
+        table = table.append_column("task_id", pa.nulls(table.num_rows, pa.int64()))
+    for f in INFLIGHT_SCHEMA:
+        if f.name not in table.column_names:
+            raise TableError(f"{path}: in-flight table is missing column '{f.name}' ({f.type}); delete the file "
+                             "and run `nucleate ls push` again to rebuild it")
+        col = table.column(f.name)
+        try:
+            col = col.cast(f.type, safe=True)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise TableError(f"{path}: column '{f.name}' has type {col.type}, expected {f.type}") from None
+        if not f.nullable and col.null_count:
+            raise TableError(f"{path}: column '{f.name}' has {col.null_count} empty (null) value(s); it is required")
+        table = table.set_column(table.schema.get_field_index(f.name), f, col)
+    return table.select(INFLIGHT_SCHEMA.names).cast(INFLIGHT_SCHEMA)
+
+
+def update_inflight(path: str | Path, add: Iterable[tuple[str, int, int]] = (),
+                    remove: Iterable[str] = ()) -> tuple[int, int]:
+    """Rewrite the in-flight table at ``path`` atomically: rows whose ``image_id`` is in ``remove`` go,
+    ``add`` rows ``(image_id, round, task_id)`` are appended unless the image is already listed (a listed
+    image without a task id gets it). Returns ``(rows added, rows removed)``; the file is not touched
+    when nothing changes."""
+    path = Path(path)
+    rows = {r["image_id"]: r for r in load_inflight(path).to_pylist()}
+    removed = sum(rows.pop(str(image_id), None) is not None for image_id in set(map(str, remove)))
+    added = filled = 0
+    for image_id, round_no, task_id in add:
+        row = rows.get(str(image_id))
+        if row is None:
+            rows[str(image_id)] = {"image_id": str(image_id), "round": int(round_no), "task_id": int(task_id)}
+            added += 1
+        elif row["task_id"] is None and task_id is not None:
+            row["task_id"] = int(task_id)
+            filled += 1
+    if added or removed or filled:
+        with atomic_path(path) as tmp:
+            pq.write_table(pa.Table.from_pylist(list(rows.values()), schema=INFLIGHT_SCHEMA), tmp,
+                           compression="zstd")
+    return added, removed
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image as pushed: ``rel`` path of its display copy below the files root, size in pixels."""
+
+    image_id: str
+    rel: str
+    width: int
+    height: int
+    name: str
+
+
+@dataclass
+class PushReport:
+    """What a push did: task ids of new tasks, image ids that were already there, rejected predictions,
+    and how many images the in-flight table gained."""
+
+    project_id: int
+    round: int
+    created: dict[str, int] = field(default_factory=dict)  # image_id -> task id
+    existing: dict[str, int] = field(default_factory=dict)  # image_id -> task id (untouched)
+    predictions: int = 0
+    rejected_predictions: list[str] = field(default_factory=list)
+    inflight: Path | None = None
+    inflight_added: int = 0
+
+    def lines(self) -> list[str]:
+        out = list(self.rejected_predictions)
+        if self.created:
+            out.append(f"push: {len(self.created)} new task(s) in round {self.round} "
+                       f"({self.predictions} with pre-annotations); {len(self.existing)} already in the project")
+        else:
+            out.append(f"push: nothing created; all {len(self.existing)} image(s) are already tasks in project "
+                       f"{self.project_id}")
+        if self.inflight is not None:
+            out.append(f"push: {self.inflight_added} image(s) added to {self.inflight}")
+        return out
+
+
+def render_images(
+    manifest: pa.Table,
+    image_ids: Sequence[str],
+    files_root: Path,
+    *,
+    root: Path | None = None,
+    subdir: str = "images",
+) -> dict[str, ImageRecord]:
+    """Write an 8-bit PNG display copy of each image (same pixel size;
+    :func:`nucleate.annotations.display.display_uint8`) to ``files_root/subdir/<image_id>.png``.
+
+    ``manifest`` gives paths (relative to its ``root`` metadata, or ``root``) and sizes. Existing copies
+    are reused (the name is the content hash). Raises ``KeyError`` naming an image id missing from the
+    manifest and ``FileNotFoundError`` naming a missing image file.
+    """
+    root = Path(root if root is not None else table_metadata(manifest).get("root", "."))
+    rows = {r["image_id"]: r for r in manifest.select(["image_id", "path", "width", "height"]).to_pylist()}
+    out_dir = Path(files_root) / subdir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = {}
+    for image_id in image_ids:
+        if image_id not in rows:
+            raise KeyError(f"image {image_id} is in the selection but not in the manifest; run `nucleate ingest`")
+        row = rows[image_id]
+        target = out_dir / f"{image_id}.png"
+        if not target.exists():
+            source = root / row["path"]
+            if not source.exists():
+                raise FileNotFoundError(f"{source}: image {image_id} listed in the manifest is missing")
+            with atomic_path(target) as tmp:
+                Image.fromarray(display_uint8(read_image(source))).save(tmp, format="PNG")
+        records[image_id] = ImageRecord(image_id, f"{subdir}/{image_id}.png", int(row["width"]),
+                                        int(row["height"]), row["path"])
+    return records
+
+
+def task_json(rec: ImageRecord, round: int, pred: dict[str, Any] | None, model_version: str | None,  # noqa: A002
+              marker_pct: float) -> dict[str, Any]:
+    """The import JSON of one task: ``data`` (image URL below the local-files root, ``image_id``, ``round``,
+    size in pixels, name) and, with ``pred`` (``{"xy", "label", "score"}``), one pre-annotation."""
+    task: dict[str, Any] = {"data": {
+        "image": "/data/local-files/?d=" + urllib.parse.quote(rec.rel),
+        "image_id": rec.image_id, "round": int(round), "width": rec.width, "height": rec.height,
+        "name": rec.name,
+    }}
+    if pred is not None:
+        scores = pred["score"]
+        task["predictions"] = [{
+            "model_version": model_version or "student",
+            "score": float(np.mean(scores)) if scores is not None and len(scores) else None,
+            "result": keypoint_results(pred["xy"], pred["label"], rec.width, rec.height, scores=scores,
+                                       marker_pct=marker_pct),
+        }]
+    return task
+
+
+def push(
+    adapter: Adapter,
+    project_id: int,
+    records: Sequence[ImageRecord],
+    *,
+    round: int,  # noqa: A002 - the pipeline's word
+    labels: Sequence[str] | None,
+    marker_pct: float,
+    predictions: pa.Table | None = None,
+    model_version: str | None = None,
+    inflight: str | Path | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> PushReport:
+    """Create one task per image of ``records`` not yet in the project, and record them in flight.
+
+    ``predictions``: a points table (``image_id``, ``x``, ``y``, ``label``, optional ``score``) of the
+    current student; each new task gets its image's points as one pre-annotation under ``model_version``
+    (points outside the image or with a label not in ``labels`` are left out, one report line each).
+    ``marker_pct``: keypoint marker size, percent of the image width (``labelstudio.point_radius_pct``).
+    Imports go ``adapter.batch_size`` tasks per request; a batch whose request broke is checked against the
+    server before it is sent again, so nothing is created twice. ``inflight``: the in-flight table,
+    rewritten after each batch (:func:`update_inflight`). ``on_batch(done, total)`` is called after each.
+    """
+    report = PushReport(project_id=project_id, round=int(round), inflight=Path(inflight) if inflight else None)
+    current = adapter.tasks(project_id)
+    existing = {str(t["data"].get("image_id")): t for t in current}
+    todo, queued = [], set()
+    for rec in records:
+        if rec.image_id in existing:
+            report.existing[rec.image_id] = int(existing[rec.image_id]["id"])
+        elif rec.image_id not in queued:
+            queued.add(rec.image_id)
+            todo.append(rec)
+
+    def record(rows: list[tuple[str, int, int]]) -> None:
+        if inflight is not None and rows:
+            report.inflight_added += update_inflight(inflight, add=rows)[0]
+
+    record([(i, int(existing[i]["data"].get("round", round)), tid) for i, tid in report.existing.items()])
+    preds: dict[str, dict[str, Any]] = {}
+    if predictions is not None:
+        preds, report.rejected_predictions = prediction_points(
+            predictions, {r.image_id: (r.width, r.height) for r in todo}, labels)
+    size = max(1, adapter.batch_size)
+    batches = [todo[start:start + size] for start in range(0, len(todo), size)]
+
+    def build(batch: list[ImageRecord]) -> list[dict[str, Any]]:
+        return [task_json(rec, round, preds.get(rec.image_id), model_version, marker_pct) for rec in batch]
+
+    # batch k+1 is built while the server imports batch k (the client's JSON work overlaps the server's)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        payload = build(batches[0]) if batches else []
+        for k, batch in enumerate(batches):
+            sending = pool.submit(_import_batch, adapter, project_id, batch, payload)
+            payload = build(batches[k + 1]) if k + 1 < len(batches) else []
+            ids = sending.result()
+            for rec, tid in zip(batch, ids, strict=True):
+                report.created[rec.image_id] = int(tid)
+                report.predictions += rec.image_id in preds
+            record([(rec.image_id, int(round), int(tid)) for rec, tid in zip(batch, ids, strict=True)])
+            if on_batch is not None:
+                on_batch(len(report.created), len(todo))
+    return report
+
+
+def _import_batch(adapter: Adapter, project_id: int, batch: list[ImageRecord],
+                  payload: list[dict[str, Any]]) -> list[int]:
+    """Import one batch; task ids in batch order. A request that broke mid-way is checked against the
+    server, and only the tasks that did not land are sent again."""
+    try:
+        ids = adapter.import_tasks(project_id, payload)
+    except UncertainOutcome:
+        now = {str(t["data"].get("image_id")) for t in adapter.tasks(project_id)}
+        missing = [p for p, rec in zip(payload, batch, strict=True) if rec.image_id not in now]
+        if missing:
+            adapter.import_tasks(project_id, missing)
+        ids = []
+    if len(ids) != len(batch):  # after a recovery, or a server that does not return ids: look them up
+        now_ids = {str(t["data"].get("image_id")): t["id"] for t in adapter.tasks(project_id)}
+        ids = [now_ids[rec.image_id] for rec in batch]
+    return [int(i) for i in ids]
+

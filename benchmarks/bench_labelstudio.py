@@ -2,11 +2,11 @@
 
 Against a real local Label Studio 1.23.2 (``LocalServer``: SQLite, one process on 127.0.0.1):
 
-* ``push``: ``Adapter.push`` of N new tasks in ``batch_size`` imports, each with a pre-annotation of the
+* ``push``: ``flows.ls_push.push`` of N new tasks in ``batch_size`` imports, each with a pre-annotation of the
   real sample image's ground-truth centroids (65 points on average). Display PNGs are rendered once
   beforehand (N task records point at the 49 rendered sample images under distinct image ids); the
   rendering cost per image is reported separately.
-* ``pull``: ``Adapter.pull`` of a project whose N tasks each hold one submitted annotation (the same
+* ``pull``: ``flows.ls_pull.pull`` (raw export saved unchanged) then the ``points`` stage (conversion) of a project whose N tasks each hold one submitted annotation (the same
   point sets; set up by bulk import, not timed): paginated task listing + ``ids``-paged JSON export +
   conversion to the points table.
 * baselines in the same run: push one task per request (on ``--baseline-n`` tasks, scaled to N) and
@@ -31,10 +31,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pyarrow as pa  # noqa: E402
 
-from flows.labelstudio import Adapter, ImageRecord, render_images, resolve_connection  # noqa: E402
+from flows.ls_client import Adapter  # noqa: E402
+from flows.ls_connection import resolve_connection  # noqa: E402
+from flows.ls_pull import pull  # noqa: E402
+from flows.ls_push import ImageRecord, push, render_images, task_json  # noqa: E402
 from flows.ls_server import LocalServer  # noqa: E402
+from nucleate.config import LabelStudioParams  # noqa: E402
 from nucleate.annotations import keypoint_results  # noqa: E402
-from nucleate.io import read_table  # noqa: E402
+from nucleate.io import read_table, write_table  # noqa: E402
+from tasks import points as points_stage  # noqa: E402
 
 CLASSES = ("nucleus", "micronucleus")
 
@@ -93,13 +98,13 @@ def main(argv: list[str] | None = None) -> dict:
             conn = resolve_connection(server.data_dir, env={})
             pid = server.state()["pid"]
             with Adapter(conn, batch_size=args.batch_size) as ad, Adapter(conn, batch_size=1) as one:
-                return _bench(args, conn, ad, one, manifest, gt, start_s, pid)
+                return _bench(args, conn, ad, one, manifest, gt, start_s, pid, Path(tmp))
         finally:
             server.down()
 
 
 def _bench(args, conn, ad: Adapter, one: Adapter, manifest: pa.Table, gt: pa.Table, start_s: float,
-           server_pid: int) -> dict:
+           server_pid: int, work: Path) -> dict:
     ids = manifest.column("image_id").to_pylist()
     t0 = time.perf_counter()
     recs = render_images(manifest, ids, conn.files_root)
@@ -127,12 +132,14 @@ def _bench(args, conn, ad: Adapter, one: Adapter, manifest: pa.Table, gt: pa.Tab
     pid = ad.ensure_project("bench push", CLASSES, model_version="bench")
     ad.ensure_storage(pid, conn.files_root / "images")
     with _Clock(server_pid) as push_clock:
-        rep = ad.push(pid, records, round=1, predictions=preds, model_version="bench", classes=CLASSES)
+        rep = push(ad, pid, records, round=1, labels=CLASSES, marker_pct=0.6, predictions=preds,
+                   model_version="bench", inflight=work / "inflight.parquet")
     push_s = push_clock.wall
     rss_after_push = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     assert len(rep.created) == args.n and rep.predictions == args.n
     t0 = time.perf_counter()
-    again = ad.push(pid, records, round=1, predictions=preds, model_version="bench", classes=CLASSES)
+    again = push(ad, pid, records, round=1, labels=CLASSES, marker_pct=0.6, predictions=preds,
+                 model_version="bench", inflight=work / "inflight.parquet")
     repush_s = time.perf_counter() - t0
     assert again.created == {}
     t0 = time.perf_counter()
@@ -149,7 +156,8 @@ def _bench(args, conn, ad: Adapter, one: Adapter, manifest: pa.Table, gt: pa.Tab
     base_preds = base_preds.set_column(0, "image_id", pa.array(
         [v.replace("bench-", "base-") for v in base_preds.column("image_id").to_pylist()]))
     t0 = time.perf_counter()
-    one.push(pid_b, base_recs, round=1, predictions=base_preds, model_version="bench", classes=CLASSES)
+    push(one, pid_b, base_recs, round=1, labels=CLASSES, marker_pct=0.6, predictions=base_preds,
+         model_version="bench")
     base_push_s = (time.perf_counter() - t0) * args.n / args.baseline_n
 
     # -- pull: a project with one annotation per task (bulk-imported set-up, not timed) -----------
@@ -160,21 +168,32 @@ def _bench(args, conn, ad: Adapter, one: Adapter, manifest: pa.Table, gt: pa.Tab
         payload = []
         for rec, s in zip(records[start:start + 1000], src[start:start + 1000], strict=True):
             rows = by_image[s]
-            task = ad._task_json(rec, 1, None, None, 0.6)
+            task = task_json(rec, 1, None, None, 0.6)
             task["annotations"] = [{"completed_by": me, "result": keypoint_results(
                 [(r["x"], r["y"]) for r in rows], [r["label"] for r in rows], rec.width, rec.height)}]
             payload.append(task)
-        ad._ls.projects.import_tasks(pid_a, request=payload)
+        ad.import_tasks(pid_a, payload)
     setup_s = time.perf_counter() - t0
-    with _Clock(server_pid) as pull_clock:
-        res = ad.pull(pid_a, classes=CLASSES)
+    with _Clock(server_pid) as pull_clock:  # raw export saved unchanged under annotations/round-001
+        pull(ad, pid_a, annotations=work / "annotations")
     pull_s = pull_clock.wall
+    # the points stage converts the saved export (its manifest: the benchmark's synthetic image ids)
+    write_table("manifest", {"image_id": [r.image_id for r in records], "path": [r.name for r in records],
+                             "width": [r.width for r in records], "height": [r.height for r in records],
+                             "channels": [1] * len(records), "dtype": ["uint16"] * len(records),
+                             "split": ["pool"] * len(records), "bytes": [0] * len(records)},
+                work / "bench_manifest.parquet")
+    t0 = time.perf_counter()
+    res = points_stage.run(LabelStudioParams(), CLASSES, annotations=work / "annotations",
+                           manifest=work / "bench_manifest.parquet", out=work / "points.parquet",
+                           consensus=work / "consensus.parquet", report=work / "points_report.json")
+    points_s = time.perf_counter() - t0
     rss_after_pull = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    assert res.annotations == args.n and res.points.num_rows == n_points, res.summary()
+    assert res.points == n_points, res.as_dict()
 
     t0 = time.perf_counter()
-    full = json.loads(b"".join(ad._ls.projects.exports.download_sync(pid_a, export_type="JSON",
-                                                                      download_all_tasks=True)))
+    full = json.loads(b"".join(ad._ls.projects.exports.download_sync(  # the SDK's one-request export
+        pid_a, export_type="JSON", download_all_tasks=True)))
     base_pull_s = time.perf_counter() - t0
     assert len(full) == args.n
 
@@ -203,7 +222,8 @@ def _bench(args, conn, ad: Adapter, one: Adapter, manifest: pa.Table, gt: pa.Tab
         "pull_annotations_per_s": round(args.n / pull_s, 1),
         "pull_server_cpu_s": round(pull_clock.server_cpu, 2),
         "pull_client_cpu_s": round(pull_clock.client_cpu, 2),
-        "pull_points": res.points.num_rows,
+        "points_stage_s": round(points_s, 2),
+        "pull_points": res.points,
         "baseline_pull_single_full_export_s": round(base_pull_s, 2),
         "pull_ratio_vs_single_export": round(base_pull_s / pull_s, 2),
         "client_peak_rss_mb_after_push": round(rss_after_push, 1),

@@ -19,17 +19,15 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
 
 from flows.ls_client import Adapter
 from flows.ls_connection import UncertainOutcome
 from nucleate.annotations.display import display_uint8
 from nucleate.annotations.labelstudio import keypoint_results, prediction_points
-from nucleate.io import TableError, atomic_path, read_image, table_metadata
+from nucleate.io import SCHEMAS, atomic_path, empty_table, read_image, read_table, table_metadata, write_table
 
 __all__ = [
-    "INFLIGHT_SCHEMA",
     "ImageRecord",
     "PushReport",
     "load_inflight",
@@ -39,40 +37,10 @@ __all__ = [
     "update_inflight",
 ]
 
-# TODO(lead): use SCHEMAS["inflight"] (nucleate.io.tables) once it is registered there, and read/write the
-# table with read_table / write_table instead of load_inflight's checks below.
-INFLIGHT_SCHEMA = pa.schema([
-    pa.field("image_id", pa.string(), nullable=False),
-    pa.field("round", pa.int32(), nullable=False),
-    pa.field("task_id", pa.int64(), nullable=True),
-])
-
-
 def load_inflight(path: str | Path) -> pa.Table:
-    """The in-flight table at ``path`` (zero rows when the file does not exist). Older files without a
-    ``task_id`` column read with null task ids. Errors name the file and the column."""
+    """The ``inflight`` table at ``path`` (zero rows when the file does not exist); errors name file, column, row."""
     path = Path(path)
-    if not path.exists():
-        return INFLIGHT_SCHEMA.empty_table()
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise TableError(f"{path}: not a readable Parquet file ({exc})") from None
-    if "task_id" not in table.column_names:
-        table = table.append_column("task_id", pa.nulls(table.num_rows, pa.int64()))
-    for f in INFLIGHT_SCHEMA:
-        if f.name not in table.column_names:
-            raise TableError(f"{path}: in-flight table is missing column '{f.name}' ({f.type}); delete the file "
-                             "and run `nucleate ls push` again to rebuild it")
-        col = table.column(f.name)
-        try:
-            col = col.cast(f.type, safe=True)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            raise TableError(f"{path}: column '{f.name}' has type {col.type}, expected {f.type}") from None
-        if not f.nullable and col.null_count:
-            raise TableError(f"{path}: column '{f.name}' has {col.null_count} empty (null) value(s); it is required")
-        table = table.set_column(table.schema.get_field_index(f.name), f, col)
-    return table.select(INFLIGHT_SCHEMA.names).cast(INFLIGHT_SCHEMA)
+    return read_table("inflight", path) if path.exists() else empty_table("inflight")
 
 
 def update_inflight(path: str | Path, add: Iterable[tuple[str, int, int]] = (),
@@ -94,9 +62,7 @@ def update_inflight(path: str | Path, add: Iterable[tuple[str, int, int]] = (),
             row["task_id"] = int(task_id)
             filled += 1
     if added or removed or filled:
-        with atomic_path(path) as tmp:
-            pq.write_table(pa.Table.from_pylist(list(rows.values()), schema=INFLIGHT_SCHEMA), tmp,
-                           compression="zstd")
+        write_table("inflight", pa.Table.from_pylist(list(rows.values()), schema=SCHEMAS["inflight"]), path)
     return added, removed
 
 

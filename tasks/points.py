@@ -17,7 +17,8 @@ Outputs, written all or nothing:
   annotator keep their points, several annotators are merged by
   :func:`nucleate.annotations.consensus_table`); the ``pseudomasks`` stage trains on it.
 * **report** (``points_report.json``, a DVC metrics file) — totals, and per round: tasks, finished,
-  skipped, open, rejected points with reasons, deleted tasks, agreement F1 between annotators.
+  skipped, open, rejected points with reasons, deleted tasks, agreement F1 between annotators, and the
+  ``finished_image_ids`` (annotated — with or without points — or skipped), which ``select`` never picks again.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 import typer
 
 from nucleate.annotations.agreement import agreement, consensus_table
-from nucleate.annotations.labelstudio import CollectedPoints, collect_points
+from nucleate.annotations.labelstudio import CollectedPoints, collect_points, task_finished
 from nucleate.config import LabelStudioParams
 from nucleate.io import LAYOUT, atomic_path, read_table, write_table
 from nucleate.io.layout import MissingInput, produced_by
@@ -166,6 +167,8 @@ def run(
             "skipped_annotations": part.cancelled, "superseded_annotations": part.superseded,
             "points": part.points.num_rows, "rejected_points": len(part.rejected),
             "rejected": [r.line() for r in part.rejected], "deleted_tasks": len(deleted), "deleted": deleted,
+            # annotated (even with no point: an image without nuclei) or skipped: `select` never picks these again
+            "finished_image_ids": sorted({str(t["data"]["image_id"]) for t in tasks if task_finished(t)}),
             "agreement": _agreement_summary(part, labelstudio),
         }
         for r in part.rejected:
@@ -182,6 +185,8 @@ def run(
                                                   "rejected_points", "deleted_tasks")},
         "points": result.points, "consensus_points": result.consensus_points,
         "agreement": _agreement_summary(merged, labelstudio),
+        "last_round": max(result.rounds),
+        "finished_image_ids": sorted({i for r in rounds for i in r["finished_image_ids"]}),
         "rounds": {str(n): r for n, r in result.rounds.items()},
     }
     with contextlib.ExitStack() as stack:  # three temp files, renamed together only when all are written

@@ -8,6 +8,9 @@ Inputs (paths from :data:`nucleate.io.layout.LAYOUT` / ``dvc.yaml``, hyper-param
   (``select.space: student``; same schema). Pool images without a row cannot be selected (counted in the
   log); rows for images not in the manifest are ignored.
 * **points** (optional file) — every image with at least one point is *labeled*.
+* **points report** (optional file, ``storage/points_report.json`` of the ``points`` stage) — its
+  ``finished_image_ids`` (annotated with no point, or skipped in Label Studio) are labeled too, and its
+  ``last_round`` counts for the round number.
 * **in-flight** (optional file) — the ``inflight`` table (``image_id``, ``round``, ``task_id``) that the Label
   Studio push writes: images pushed to annotators and not finished yet.
 * **features** — the ``student_features`` table, needed by ``coreset`` and ``badge`` only. Without it they
@@ -28,6 +31,7 @@ the points and in-flight tables (1 when neither has one).
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +84,26 @@ def _labeled(points: Path | None, log: logging.Logger) -> tuple[set[str], int]:
     return set(table.column("image_id").unique().to_pylist()), last
 
 
+def _finished(report: Path | None, log: logging.Logger) -> tuple[set[str], int]:
+    """(image ids whose task is finished, last round) from the ``points`` stage's report; a missing file = none.
+
+    Finished = annotated (also with no point: an image without nuclei) or skipped in Label Studio; such an
+    image has no point rows but must not be selected again.
+    """
+    if report is None or not Path(report).is_file():
+        return set(), 0
+    try:
+        doc = json.loads(Path(report).read_text())
+        ids = doc.get("finished_image_ids", [])
+        last = int(doc.get("last_round") or 0)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise StageError(f"{report}: not a points report ({exc}); rerun `nucleate points` (or `dvc repro points`)") \
+            from None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise StageError(f"{report}: finished_image_ids must be a list of image ids; rerun `nucleate points`")
+    return set(ids), last
+
+
 def _inflight(inflight: Path | None, log: logging.Logger) -> tuple[set[str], int]:
     """(image ids in flight, largest round listed or 0); a missing file = nothing in flight."""
     if inflight is None:
@@ -112,6 +136,7 @@ def run(
     probs: str | Path,
     points: str | Path | None = None,
     inflight: str | Path | None = None,
+    points_report: str | Path | None = None,
     features: str | Path | None = None,
     out: str | Path,
     round: int | None = None,  # noqa: A002 - the table's column name
@@ -120,7 +145,8 @@ def run(
     """Select up to ``select.budget`` pool images with ``select.strategy``; write the selection table to ``out``.
 
     ``probs`` is the probability table of ``select.space`` (``teacher_probs`` or ``student_probs``);
-    ``points`` / ``inflight`` None = not used, a missing file = none yet. ``features`` (default
+    ``points`` / ``inflight`` / ``points_report`` None = not used, a missing file = none yet; images the report
+    lists as finished (annotated without points, or skipped) count as labeled. ``features`` (default
     ``LAYOUT.student_features``) is read only by strategies that need features. ``round`` overrides the
     round number. When fewer than ``budget`` images are left, all of them are selected (logged); when none is
     left, :class:`StageError`. A missing manifest, probabilities or features table raises
@@ -152,6 +178,9 @@ def run(
         log.info("select: %d row(s) of %s are for images not in %s; ignored", stale, probs, manifest)
 
     labeled, points_round = _labeled(None if points is None else Path(points), log)
+    finished, report_round = _finished(None if points_report is None else Path(points_report), log)
+    labeled |= finished
+    points_round = max(points_round, report_round)
     flying, inflight_round = _inflight(None if inflight is None else Path(inflight), log)
     unknown = len((labeled | flying) - in_manifest)
     if unknown:
@@ -216,6 +245,8 @@ def command(
                                 "(a missing file = none yet)."),
     inflight: Path = typer.Option(LAYOUT.inflight, help="In-flight table: images pushed to annotators and not "
                                   "finished (a missing file = none)."),
+    points_report: Path = typer.Option(LAYOUT.points_report, help="Report of the points stage: images annotated "
+                                       "without points or skipped count as labeled (a missing file = none)."),
     features: Path = typer.Option(LAYOUT.student_features, help="Student features table (coreset and badge)."),
     out: Path = typer.Option(LAYOUT.selection, help="Selection table to write."),
     round: int | None = typer.Option(None, "--round", min=0,  # noqa: A002
@@ -226,7 +257,7 @@ def command(
         cfg = load_params_or_exit(params)
         probs = teacher_probs if cfg.select.space == "teacher" else student_probs
         report = run(cfg.select, cfg.seed, manifest=manifest, probs=probs, points=points, inflight=inflight,
-                     features=features, out=out, round=round)
+                     points_report=points_report, features=features, out=out, round=round)
     for line in report.lines():
         typer.echo(line)
 

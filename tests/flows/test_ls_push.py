@@ -7,8 +7,9 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
-from flows.ls_push import INFLIGHT_SCHEMA, load_inflight, render_images, update_inflight
+from flows.ls_push import load_inflight, render_images, update_inflight
 from nucleate.annotations import keypoint_results
+from nucleate.io import SCHEMAS
 
 
 def _inflight_rows(path):
@@ -29,7 +30,7 @@ def test_push_is_idempotent_records_inflight_rows_and_progress_counts_rounds(ls_
     assert (ls_adapter.conn.files_root / "images" / f"{ids[0]}.png").exists()
     # every pushed image is in flight with its round and task id
     assert _inflight_rows(inflight) == sorted((i, 1, first.created[i]) for i in ids[:3])
-    assert load_inflight(inflight).schema == INFLIGHT_SCHEMA
+    assert load_inflight(inflight).schema == SCHEMAS["inflight"]
 
     before = inflight.read_bytes()
     again = rounds.push(ls_adapter, ids[:3], round=1, inflight=inflight)[1]

@@ -94,6 +94,9 @@ def test_points_consensus_and_report_from_every_saved_round(tree):
     totals = ("tasks", "skipped_tasks", "deleted_tasks", "rejected_points")
     assert [report[k] for k in totals] == [4, 1, 1, 2]
     assert report["consensus_points"] == 5 and report["rounds_count"] == 2
+    # finished = annotated or skipped (img-c: skipped, no point); img-a of round 2 is still open
+    assert r2["finished_image_ids"] == ["img-c"] and r1["finished_image_ids"] == ["img-a", "img-b"]
+    assert report["finished_image_ids"] == ["img-a", "img-b", "img-c"] and report["last_round"] == 2
     assert rep.lines()[0].startswith("points: round 1: 7 points from 3 annotation(s) on 2/2 finished task(s)")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -143,6 +144,20 @@ def test_budget_larger_than_the_pool_selects_the_rest(tree):
     assert sorted(report.image_ids) == sorted(set(pool[20:]) - set(labeled))
     assert any("only 10 selectable image(s) left" in line for line in lines)
     assert report.min_distance == [None] * 10  # entropy has no distance
+
+
+def test_images_finished_without_points_are_labeled_and_count_for_the_round(tree):
+    """Annotated with no nucleus, or skipped: no point rows, but the points report lists them as finished."""
+    path, _, _, pool, labeled = tree
+    unlabeled = [i for i in pool if i not in labeled]
+    done = unlabeled[:20]
+    (path / "points_report.json").write_text(json.dumps({"finished_image_ids": done, "last_round": 4}))
+    report, _ = _run(path, strategy="random", budget=100, points_report=path / "points_report.json")
+    assert not set(report.image_ids) & set(done) and report.round == 5
+    assert len(report.image_ids) == len(unlabeled) - len(done)
+    (path / "points_report.json").write_text("{not json")
+    with pytest.raises(StageError, match="points_report.json: not a points report"):
+        _run(path, points_report=path / "points_report.json")
 
 
 def test_first_round_needs_no_points_or_inflight_file(tree):
@@ -327,7 +342,7 @@ def copy_stage_files(repo_root, repo, stage):
             shutil.copyfile(src, dst)
 
 
-def _run(args, cwd):
+def _shell(args, cwd):
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
            "DVC_NO_ANALYTICS": "1"}
     return subprocess.run(args, cwd=cwd, env=env, check=True, capture_output=True, text=True)
@@ -351,11 +366,11 @@ def test_dvc_repro_select_stage(repo_root, sample_dir, tmp_path):
                 storage / "points.parquet")
     write_table("inflight", {"image_id": pool[2:4], "round": [1, 1], "task_id": [11, 12]},
                 storage / "inflight.parquet")
-    _run(["git", "init", "-q"], repo)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], repo)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], repo)
+    _shell(["git", "init", "-q"], repo)
+    _shell(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], repo)
+    _shell(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], repo)
 
-    out = _run([sys.executable, "-m", "dvc", "repro", "--single-item", "select"], repo)
+    out = _shell([sys.executable, "-m", "dvc", "repro", "--single-item", "select"], repo)
     assert "Running stage 'select'" in out.stdout
     table = read_table("selection", storage / "selection.parquet")
     picked = table.column("image_id").to_pylist()
@@ -366,6 +381,6 @@ def test_dvc_repro_select_stage(repo_root, sample_dir, tmp_path):
     params = (repo / "params.yaml").read_text()
     assert "  budget: 5 " in params
     (repo / "params.yaml").write_text(params.replace("  budget: 5 ", "  budget: 3 ", 1))
-    _run([sys.executable, "-m", "dvc", "repro", "--single-item", "select"], repo)
+    _shell([sys.executable, "-m", "dvc", "repro", "--single-item", "select"], repo)
     again = read_table("selection", storage / "selection.parquet").column("image_id").to_pylist()
     assert again == picked[:3]  # greedy k-center: a smaller budget is a prefix of the larger one

@@ -6,9 +6,10 @@ Against a real local Label Studio 1.23.2 (``LocalServer``: SQLite, one process o
   real sample image's ground-truth centroids (65 points on average). Display PNGs are rendered once
   beforehand (N task records point at the 49 rendered sample images under distinct image ids); the
   rendering cost per image is reported separately.
-* ``pull``: ``flows.ls_pull.pull`` (raw export saved unchanged) then the ``points`` stage (conversion) of a project whose N tasks each hold one submitted annotation (the same
-  point sets; set up by bulk import, not timed): paginated task listing + ``ids``-paged JSON export +
-  conversion to the points table.
+* ``pull``: ``flows.ls_pull.pull`` of a project whose N tasks each hold one submitted annotation (the same
+  point sets; set up by bulk import, not timed): paginated task listing + ``ids``-paged JSON export, saved
+  unchanged under ``annotations/round-001``; then, timed apart, the ``points`` stage converting that export
+  to the points tables.
 * baselines in the same run: push one task per request (on ``--baseline-n`` tasks, scaled to N) and
   pull as one unpaginated full-project export.
 
@@ -36,8 +37,8 @@ from flows.ls_connection import resolve_connection  # noqa: E402
 from flows.ls_pull import pull  # noqa: E402
 from flows.ls_push import ImageRecord, push, render_images, task_json  # noqa: E402
 from flows.ls_server import LocalServer  # noqa: E402
-from nucleate.config import LabelStudioParams  # noqa: E402
 from nucleate.annotations import keypoint_results  # noqa: E402
+from nucleate.config import LabelStudioParams  # noqa: E402
 from nucleate.io import read_table, write_table  # noqa: E402
 from tasks import points as points_stage  # noqa: E402
 

@@ -11,6 +11,7 @@ Data flow (``StudentNet.forward``; N images, H x W any size)::
       -> heat-map branch (DoNuSeg's task-decoupled structure, ``spec.heatmap_decoder``):
          ``separate`` (default) - its own lighter decoder on the same encoder skips; ``shared`` - a
          1x1 conv on the segmentation decoder's last features -> ``heatmap`` (N, 1, H, W) logits
+         (head bias starts at -2, sigmoid ~0.12: Gaussian point targets are mostly 0)
       -> image head (ActiveKD's KD head): ``embedding`` = mean of ``encoder.embed(stage 4)`` over the
          cells covering the unpadded image (area-weighted), (N, D) -> Linear -> ``image_logits`` (N, C)
 

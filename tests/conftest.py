@@ -39,3 +39,21 @@ def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def line_log() -> LineLog:
     """A fresh :class:`LineLog`."""
     return LineLog()
+
+
+@pytest.fixture(scope="session")
+def ls_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One initialised Label Studio data dir per test session (migrations, admin user, token: 30-80 s), made
+    by a first ``LocalServer.up`` (what `nucleate ls up` does), then stopped; tests copy it."""
+    from flows.ls_server import LocalServer, find_ls_bin
+
+    try:
+        ls_bin = find_ls_bin()
+    except Exception as exc:  # a missing server must fail loudly, not skip
+        pytest.fail(f"{exc}")
+    template = tmp_path_factory.mktemp("ls_template") / "data"
+    server = LocalServer(template)
+    server.up(ls_bin=ls_bin)
+    assert server.down()
+    return template
+

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from nucleate.io import read_table
 
@@ -65,3 +66,48 @@ def test_second_repro_reruns_only_what_must_run(project):
     status = _run([sys.executable, "-m", "dvc", "status", "teacher"], project)
     assert "up to date" in status.stdout
     assert (project / ".dvc" / "config").read_text().count("analytics = false") == 1
+
+
+def _nucleate(args, cwd, check=True):
+    return _run([os.path.join(os.path.dirname(sys.executable), "nucleate"), *map(str, args)], cwd, check=check)
+
+
+def test_a_round_by_hand_leaves_dvc_lock_naming_the_export(project, ls_template):
+    """select (done above) -> ls up -> ls push -> annotate-sim -> ls pull -> dvc repro points pseudomasks."""
+    from lstemplate import copy_template
+
+    data = copy_template(ls_template, project / ".ls-data").data_dir
+    up = _nucleate(["ls", "up", "--data-dir", data], project)
+    assert "running at http://127.0.0.1:" in up.stdout
+    try:
+        push = _nucleate(["ls", "push", "--data-dir", data], project)
+        assert "5 new task(s) in round 1" in push.stdout, push.stdout + push.stderr
+        assert read_table("inflight", project / "storage" / "inflight.parquet").num_rows == 5
+        sim = _nucleate(["annotate-sim", "--points", "storage/sample/points.parquet", "--data-dir", data], project)
+        assert "5 task(s) annotated" in sim.stdout, sim.stdout + sim.stderr
+        pull = _nucleate(["ls", "pull", "--data-dir", data], project)
+        assert "round 1: 5 task(s), 5 finished" in pull.stdout, pull.stdout + pull.stderr
+    finally:
+        _nucleate(["ls", "down", "--data-dir", data], project, check=False)
+    assert read_table("inflight", project / "storage" / "inflight.parquet").num_rows == 0
+    export = project / "storage" / "annotations" / "round-001" / "export.json"
+    assert export.is_file() and oct(export.stat().st_mode & 0o777) == "0o600"
+
+    repro = _run([sys.executable, "-m", "dvc", "repro", "points", "pseudomasks"], project)
+    assert "Running stage 'points'" in repro.stdout and "Running stage 'pseudomasks'" in repro.stdout
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    (dep,) = [d for d in lock["points"]["deps"] if d["path"] == "storage/annotations"]
+    assert dep["md5"].endswith(".dir") and dep["nfiles"] == 4  # README + round-001's three files
+    assert any(d["path"] == "storage/consensus.parquet" for d in lock["pseudomasks"]["deps"])
+    selected = set(read_table("selection", project / "storage" / "selection.parquet").column("image_id").to_pylist())
+    points = read_table("points", project / "storage" / "points.parquet")
+    assert set(points.column("image_id").to_pylist()) <= selected and points.num_rows > 100
+    index = read_table("pseudomask_index", project / "storage" / "pseudomasks" / "index.parquet")
+    assert set(index.column("image_id").to_pylist()) == selected
+    status = _run([sys.executable, "-m", "dvc", "status", "points", "pseudomasks"], project)
+    assert "up to date" in status.stdout
+
+    # the next round's selection leaves the annotated images out and counts on
+    _run([sys.executable, "-m", "dvc", "repro", "select"], project)
+    nxt = read_table("selection", project / "storage" / "selection.parquet")
+    assert set(nxt.column("round").to_pylist()) == {2} and not selected & set(nxt.column("image_id").to_pylist())

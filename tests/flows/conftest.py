@@ -1,39 +1,16 @@
-"""Real Label Studio servers for tests.
-
-``ls_template`` initialises one data dir per test session (migrations, admin user, token: 30-80 s)
-by a first ``LocalServer.up`` (then stops it);
-every test that needs a server copies it and starts its own ``label-studio`` on a free 127.0.0.1 port
-through :class:`flows.ls_server.LocalServer` (a few seconds), and stops it by PID afterwards.
+"""Real Label Studio servers for the flow tests: every test that needs a server copies the session's
+initialised data dir (``ls_template``, tests/conftest.py) and starts its own ``label-studio`` on a free
+127.0.0.1 port through :class:`flows.ls_server.LocalServer` (a few seconds), and stops it by PID afterwards.
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
+from lstemplate import copy_template
 
-from flows.ls_server import LocalServer, find_ls_bin
-
-
-@pytest.fixture(scope="session")
-def ls_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    try:
-        ls_bin = find_ls_bin()
-    except Exception as exc:  # a missing server must fail loudly, not skip
-        pytest.fail(f"{exc}")
-    template = tmp_path_factory.mktemp("ls_template") / "data"
-    server = LocalServer(template)
-    server.up(ls_bin=ls_bin)  # the first `up` initialises the data dir (what `nucleate ls up` does)
-    assert server.down()
-    return template
-
-
-def copy_template(template: Path, dest: Path) -> LocalServer:
-    shutil.copytree(template, dest)
-    (dest / "server.json").unlink(missing_ok=True)
-    (dest / "server.log").unlink(missing_ok=True)
-    return LocalServer(dest)
+from flows.ls_server import LocalServer
 
 
 @pytest.fixture

@@ -23,14 +23,11 @@ import sys
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
 import typer
 
-from nucleate.annotations import centroids_xy
+from nucleate.annotations import centroids_xy, points_table
 from nucleate.datasets.mnfinder import iter_mnfinder
 from nucleate.io import content_id, write_labels, write_table
 from nucleate.io.layout import LAYOUT
@@ -39,7 +36,6 @@ from tasks._stage import Report, logger, run_alone, stage_errors
 __all__ = ["MNFINDER_REQUIREMENT", "SampleReport", "locate_mnfinder", "run", "command", "main"]
 
 MNFINDER_REQUIREMENT = "mnfinder==1.2.3"
-_EPOCH = datetime.fromtimestamp(0, UTC)
 
 
 @dataclass
@@ -100,19 +96,8 @@ def run(*, out: str | Path, install: bool = True, log: logging.Logger | None = N
             columns["y"].extend(xy[:, 1].tolist())
             images[item.split] += 1
             nuclei[item.split] += len(xy)
-        n = len(columns["x"])
-        table = pa.table(
-            {
-                **columns,
-                "label": ["nucleus"] * n,
-                "annotator": ["ground_truth"] * n,
-                "task_id": pa.nulls(n, pa.int64()),
-                "annotation_id": pa.nulls(n, pa.int64()),
-                "round": np.zeros(n, np.int32),
-                "origin": ["ground_truth"] * n,
-                "created_at": pa.array([_EPOCH] * n, pa.timestamp("us", tz="UTC")),
-            }
-        )
+        table = points_table({**columns, "label": "nucleus", "annotator": "ground_truth", "round": 0,
+                              "origin": "ground_truth"}, source="sample points")
         write_table("points", table, staging / "points.parquet", metadata={"source": MNFINDER_REQUIREMENT})
         _swap_in(staging, out)
     report = SampleReport(out, {split: {"images": images[split], "nuclei": nuclei[split]} for split in images})

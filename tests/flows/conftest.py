@@ -47,7 +47,7 @@ def sample_manifest(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     from tasks import ingest
 
     path = tmp_path_factory.mktemp("ls_manifest") / "manifest.parquet"
-    ingest.run(sample_dir / "images", path, log=lambda line: None)
+    ingest.run(folder=sample_dir / "images", manifest=path)
     return read_table("manifest", path), read_table("points", sample_dir / "points.parquet")
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from flows.ls_push import load_inflight, render_images, update_inflight
 from nucleate.annotations import keypoint_results
-from nucleate.io import SCHEMAS
+from nucleate.io import SCHEMAS, TableError
 
 
 def _inflight_rows(path):
@@ -86,7 +86,7 @@ def test_a_push_whose_response_is_lost_creates_nothing_twice(ls_adapter, rounds,
     assert _inflight_rows(inflight) == sorted((i, 1, report.created[i]) for i in ids)
 
 
-def test_inflight_updates_are_atomic_idempotent_and_read_old_files(tmp_path):
+def test_inflight_updates_are_atomic_idempotent_and_name_bad_files(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -97,10 +97,10 @@ def test_inflight_updates_are_atomic_idempotent_and_read_old_files(tmp_path):
     assert update_inflight(path, remove=["a", "zzz"]) == (0, 1)
     assert _inflight_rows(path) == [("b", 1, 11)]
     assert list(tmp_path.iterdir()) == [path]                       # no temp file left behind
-    pq.write_table(pa.table({"image_id": ["c"], "round": pa.array([2], pa.int32())}), path)  # before task ids
-    assert _inflight_rows(path) == [("c", 2, None)]
-    update_inflight(path, add=[("c", 2, 12)])
-    assert _inflight_rows(path) == [("c", 2, 12)]
+    pq.write_table(pa.table({"image_id": ["c"], "round": pa.array([2], pa.int32())}), path)  # no task_id column
+    with pytest.raises(TableError, match=r"inflight.parquet.*task_id"):
+        update_inflight(path, add=[("c", 2, 12)])
+    assert pq.read_table(path).num_rows == 1                         # the bad file is left as it was
 
 
 def test_push_needs_images_listed_in_the_manifest(rounds, tmp_path):

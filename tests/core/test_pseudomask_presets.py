@@ -10,6 +10,7 @@ from skimage.draw import disk
 from sklearn.cluster import KMeans
 
 from nucleate.pseudomask import BACKGROUND, IGNORE, NUCLEUS, PRESETS, from_points
+from nucleate.pseudomask import points as points_module
 from nucleate.pseudomask.geometry import disk_footprint
 
 QU = PRESETS["qu2019"]
@@ -38,47 +39,48 @@ def test_point_disk_is_disk_2():
 
 
 def qu_labels(image: np.ndarray, points_rc: list[tuple[int, int]]):
-    """Qu et al.'s create_Voronoi_label + create_cluster_label, step by step with their library calls.
+    """Qu et al.'s label recipe (methods.md 3.1; prepare_data.py), written out independently of nucleate with
+    the same scikit-image / scipy / scikit-learn operations. Returns ((vor_bg, vor_nucleus), (clu_bg,
+    clu_nucleus)) as bool maps, and the k-means clusters (H, W).
 
-    Voronoi cells: each pixel's nearest point (Qu rasterise scipy's Voronoi polygons, which is the same
-    when no pixel is equidistant from two points - asserted). Returns ((vor_red, vor_green),
-    (cluster_red, cluster_green)) as bool maps: red = background, green = nucleus.
+    Voronoi cells here are each pixel's nearest point; Qu rasterise scipy's Voronoi polygons, which is the
+    same when no pixel is equidistant from two points (asserted).
     """
     h, w = image.shape[:2]
-    rr, cc = np.mgrid[:h, :w]
     pr, pc = np.asarray(points_rc).T
-    d2 = (rr[..., None] - pr) ** 2 + (cc[..., None] - pc) ** 2
-    nearest_two = np.sort(d2, axis=-1)[..., :2]
-    assert (nearest_two[..., 0] < nearest_two[..., 1]).all(), "a pixel is equidistant from two points"
-    cells = np.argmin(d2, axis=-1) + 1
-    label_point = np.zeros((h, w), np.uint8)
-    label_point[pr, pc] = 255
+    grid_r, grid_c = np.indices((h, w))
+    sq = (grid_r[..., None] - pr) ** 2 + (grid_c[..., None] - pc) ** 2
+    first, second = np.sort(sq, axis=-1)[..., :2].transpose(2, 0, 1)
+    assert (first < second).all(), "a pixel is equidistant from two points"
+    owner = sq.argmin(axis=-1) + 1
+    clicked = np.zeros((h, w), bool)
+    clicked[pr, pc] = True
 
-    edges = np.zeros((h, w), bool)  # create_Voronoi_label
-    for k in range(1, len(pr) + 1):
-        mask = cells == k
-        edges |= mask & ~morphology.erosion(mask, morphology.disk(1))
-    vor_green = morphology.dilation(label_point, morphology.disk(2)) > 0
+    # Voronoi label: every cell's own 1-px rim (erosion by disk(1)) is background, disk(2) around a click nucleus
+    rim = np.zeros((h, w), bool)
+    for cell in range(1, len(pr) + 1):
+        inside = owner == cell
+        rim |= inside & ~morphology.erosion(inside, morphology.disk(1))
+    vor_nucleus = morphology.dilation(clicked, morphology.disk(2))
 
-    dist = ndi.distance_transform_edt(255 - label_point).reshape(-1, 1)  # create_cluster_label
-    embeddings = np.concatenate([image.reshape(-1, 3).astype(float) / 10, np.clip(dist, 0, 20)], axis=1)
-    clusters = KMeans(n_clusters=3, random_state=0, n_init=10).fit(embeddings).labels_.reshape(h, w)
-    nuclei_idx = int(np.argmax([np.sum((clusters == i) * label_point) for i in range(3)]))
-    remain = np.delete(np.arange(3), nuclei_idx)
-    dilated_points = morphology.dilation(label_point > 0, morphology.disk(5))
-    background_idx = remain[np.argmin([np.sum((clusters == i) * dilated_points) for i in remain])]
-    blobs = measure.label(clusters == nuclei_idx)
-    # remove_small_objects(blobs, 30) as of 2019 (skimage < 0.26): drops objects of fewer than 30 px
-    initial = (np.bincount(blobs.ravel()) >= 30)[blobs] & (blobs > 0)
-    refined = np.zeros((h, w), bool)
-    voronoi_cells = morphology.dilation(measure.label(~edges), morphology.disk(2))
-    for i in np.unique(voronoi_cells[voronoi_cells > 0]):
-        nucleus_i = (voronoi_cells == i) & initial
-        nucleus_i = morphology.dilation(nucleus_i, morphology.disk(5))
-        nucleus_i = ndi.binary_fill_holes(nucleus_i)
-        refined |= morphology.erosion(nucleus_i, morphology.disk(7))
-    far = morphology.dilation(label_point, morphology.disk(10)) == 0
-    return (edges, vor_green), ((clusters == background_idx) & ~refined & far, refined)
+    # cluster label: k = 3 on [RGB / 10, distance to the nearest click clipped at 20]
+    to_click = np.minimum(ndi.distance_transform_edt(~clicked), 20)
+    feats = np.column_stack([image.reshape(-1, 3) / 10.0, to_click.ravel()])
+    k = KMeans(n_clusters=3, random_state=0, n_init=10).fit_predict(feats).reshape(h, w)
+    nuc = np.bincount(k[clicked], minlength=3).argmax()
+    around = np.bincount(k[morphology.dilation(clicked, morphology.disk(5))], minlength=3).astype(float)
+    around[nuc] = np.inf
+    bg = around.argmin()
+    blobs = measure.label(k == nuc)  # 8-connected
+    # remove_small_objects(blobs, 30) as of 2019 (scikit-image < 0.26): objects under 30 px go
+    big = (np.bincount(blobs.ravel()) >= 30)[blobs] & (blobs > 0)
+    cells = morphology.dilation(measure.label(~rim), morphology.disk(2))
+    nuclei = np.zeros((h, w), bool)
+    for cell in np.unique(cells[cells > 0]):  # each cell's nuclei closed on their own, then united
+        grown = ndi.binary_fill_holes(morphology.dilation(big & (cells == cell), morphology.disk(5)))
+        nuclei |= morphology.erosion(grown, morphology.disk(7))
+    far = ~morphology.dilation(clicked, morphology.disk(10))
+    return (rim, vor_nucleus), ((k == bg) & ~nuclei & far, nuclei), k
 
 
 def scene():
@@ -91,31 +93,42 @@ def scene():
     labels[62:67, 84:90] = 6  # 30 px
     labels[62:67, 6:12] = 7  # 29 px
     labels[62, 6] = 0
+    labels[58:63, 46:51] = 8  # two 25 px squares meeting at a corner: one 50 px blob when 8-connected
+    labels[63:68, 51:56] = 8
+    labels[disk((42, 1), 6, shape=(h, w))] = 9  # clicked, cut by the image border (which does not erode)
     image = np.where((labels > 0)[..., None], np.uint8([255, 140, 0]), np.uint8([0, 10, 255]))
-    points_rc = [(19, 19), (19, 38), (50, 25), (47, 69)]  # inside the first four; no pixel equidistant
+    points_rc = [(19, 19), (19, 38), (50, 25), (47, 69), (42, 2)]  # no pixel equidistant
     return image, labels, points_rc
 
 
-def encode(red: np.ndarray, green: np.ndarray) -> np.ndarray:
-    out = np.full(red.shape, IGNORE, np.uint8)
-    out[red] = BACKGROUND
-    out[green] = NUCLEUS  # LabelEncoding: green (nucleus) is written after red (background)
+def encode(background: np.ndarray, nucleus: np.ndarray) -> np.ndarray:
+    out = np.full(background.shape, IGNORE, np.uint8)
+    out[background] = BACKGROUND
+    out[nucleus] = NUCLEUS  # Qu's LabelEncoding: nucleus wins where both are set
     return out
 
 
-def test_qu2019_reproduces_prepare_data_labels():
+def test_qu2019_reproduces_prepare_data_labels(monkeypatch):
     image, labels, points_rc = scene()
-    (vor_red, vor_green), (clu_red, clu_green) = qu_labels(image, points_rc)
+    (vor_bg, vor_nucleus), (clu_bg, clu_nucleus), clusters = qu_labels(image, points_rc)
     points = np.array([[c + 0.5, r + 0.5] for r, c in points_rc])
+    own = from_points(image, points, params=QU)  # our own k-means fit
+    np.testing.assert_array_equal(own.voronoi, encode(vor_bg, vor_nucleus))
+    np.testing.assert_array_equal(own.cluster == NUCLEUS, clu_nucleus)
+    # k-means itself is not bit-identical (scikit-learn version, n_init, float32: the near/far background split
+    # can move by a pixel); given Qu's clusters, every rule after it is
+    monkeypatch.setattr(points_module, "_kmeans3", lambda feats, sample, seed: clusters.ravel().astype(np.int8))
     pm = from_points(image, points, params=QU)
-    np.testing.assert_array_equal(pm.voronoi, encode(vor_red, vor_green))
-    np.testing.assert_array_equal(pm.cluster, encode(clu_red, clu_green))
+    np.testing.assert_array_equal(pm.cluster, encode(clu_bg, clu_nucleus))
+    np.testing.assert_array_equal(pm.voronoi, own.voronoi)
     # the scene exercises each rule: touching nuclei cut apart, the unclicked nucleus and the 30 px blob kept
-    # (as nuclei of their own), the 29 px blob dropped. (The background cluster starts ~15 px from the points
-    # here, so the disk(10) margin is checked by its size above, not by this scene.)
-    assert pm.n_points == 4 and pm.n_unclicked == 2
+    # (as nuclei of their own), the 29 px blob dropped, the corner-joined squares kept as one 8-connected blob,
+    # the nucleus on the image border not eroded from the border. (The background cluster starts ~15 px from
+    # the points here, so the disk(10) margin is checked by its size above, not by this scene.)
+    assert pm.n_points == 5 and pm.n_unclicked == 3
     assert (pm.cluster[labels == 5] == NUCLEUS).mean() > 0.4 and (pm.cluster[labels == 6] == NUCLEUS).any()
-    assert not (pm.cluster[labels == 7] == NUCLEUS).any()
+    assert not (pm.cluster[labels == 7] == NUCLEUS).any() and (pm.cluster[labels == 8] == NUCLEUS).any()
+    assert (pm.cluster[:, 0] == NUCLEUS).any()
     for change in ({"refine": "labels"}, {"keep_unclicked": False}, {"min_area": 0.29}, {"min_area": 0.31},
                    {"erode": 0.6}, {"point_radius": 0.25}):
         other = from_points(image, points, params=dataclasses.replace(QU, **change))

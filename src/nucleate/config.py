@@ -126,11 +126,11 @@ class PseudomaskParams:
     # labels: one label-aware closing (neighbours never merge); per_cell: Qu's independent closing per cell
     refine: str = _f("labels", choices=("labels", "per_cell"))
     min_area: float = _f(0.314, min=0.0, max=100.0)  # x r^2: smaller nucleus-cluster blobs are dropped
-    keep_unclicked: bool = _f(False)  # keep nucleus-cluster blobs without a click (Qu) instead of ignoring them
+    keep_unclicked: bool = _f(True)  # keep nucleus-cluster blobs without a click (Qu) instead of ignoring them
     sample_pixels: int = _f(20_000, min=3, max=10**9)  # pixels the k-means is fitted on
     min_gold_dice: float = _f(0.9, min=0.0, max=1.0)  # QC gate: mean labeled-pixel Dice on gold images
-    min_gold_labeled_fraction: float = _f(0.1, min=0.0, max=1.0)  # QC gate: mean share of gold pixels labeled
-    min_gold_whole_dice: float = _f(0.5, min=0.0, max=1.0)  # QC gate: mean whole-image Dice on gold images
+    min_gold_labeled_fraction: float = _f(0.3, min=0.0, max=1.0)  # QC gate: mean share of gold pixels labeled
+    min_gold_whole_dice: float = _f(0.7, min=0.0, max=1.0)  # QC gate: mean whole-image Dice on gold images
 
     def __post_init__(self) -> None:
         _INF = float("inf")  # noqa: N806 - NaN fails both comparisons

@@ -29,7 +29,7 @@ constants are the preset ``nucleate.pseudomask.PRESETS["qu2019"]``.
   distance to the nearest point clipped at ``distance_clip``·r and scaled to [0, ``distance_weight``]],
   fitted on ``sample_pixels`` pixels. The cluster holding most points is nucleus; of the other two, the
   one overlapping least with disks of ``overlap_radius``·r is background (on a tie, the one whose mean
-  intensity or colour differs most from the nucleus cluster's). Nucleus-cluster blobs
+  feature vector lies farthest from the nucleus cluster's). Nucleus-cluster blobs
   (8-connected) of fewer than ``min_area``·r² pixels are dropped; the rest are refined per Voronoi cell:
   dilate by ``dilate``·r, fill holes, erode by ``erode``·r (the image border does not erode). ``refine``
   = ``labels``: one label-aware closing, neighbouring nuclei never merge and stay >= 2 px apart;
@@ -158,9 +158,9 @@ def from_points(
 
     ``image``: (H, W) or (H, W, 3); ``points``: (K, 2) float (x, y) pixels, x = column, origin at the
     top-left corner of the top-left pixel (its centre is (0.5, 0.5)). ``params``: the hyper-parameters
-    (default ``PseudomaskParams()`` = params.yaml); ``method`` and ``overrides`` (e.g.
-    ``nucleus_radius_px=12``, or ``**PRESETS["qu2019"]`` fields) replace single fields. ``seed`` (>= 0)
-    seeds the k-means pixel subsample and initialisation.
+    (default ``PseudomaskParams()`` = params.yaml; ``PRESETS["qu2019"]`` for Qu et al.'s constants);
+    ``method`` and ``overrides`` (field names, e.g. ``nucleus_radius_px=12``) replace single fields.
+    ``seed`` (>= 0) seeds the k-means pixel subsample and initialisation.
 
     Raises :class:`PointError` (a ``ValueError`` with ``.index``) for a NaN/infinite point or one
     outside the image, ``ValueError`` for an unknown method/option, a bad value or a bad image.
@@ -282,19 +282,19 @@ def _cluster_labels(
     sample = np.sort(rng.choice(size, size=min(int(p.sample_pixels), size), replace=False))
     feats = _features(image, d2, p, sample)
     cluster = _kmeans3(feats, sample, int(rng.integers(2**31 - 1))).reshape(shape)
-    del feats
 
     nucleus_k = int(np.argmax(np.bincount(cluster[rows, cols], minlength=3)))
     near = d2 <= squared_radius(p.px("overlap_radius"))
     overlap = np.bincount(cluster[near], minlength=3).astype(np.float64)
     overlap[nucleus_k] = np.inf
-    # a tie (e.g. neither overlaps the disks): the cluster looking least like the nuclei (mean intensity or
-    # colour farthest from the nucleus cluster's), whatever k-means' numbering
-    flat, pixels = cluster.ravel(), image.reshape(size, -1)
-    count = np.maximum(np.bincount(flat, minlength=3), 1)
-    means = np.stack([np.bincount(flat, weights=pixels[:, c], minlength=3) / count for c in range(pixels.shape[1])], 1)
-    unlike = np.linalg.norm(means - means[nucleus_k], axis=1)
+    # a tie (e.g. neither overlaps the disks): the cluster least like the nucleus cluster, i.e. whose mean
+    # feature vector (intensity, distance) lies farthest from the nucleus cluster's, whatever k-means' numbering
+    fitted = cluster.ravel()[sample]
+    count = np.maximum(np.bincount(fitted, minlength=3), 1)
+    means = np.stack([np.bincount(fitted, weights=row[sample], minlength=3) for row in feats]) / count
+    unlike = np.linalg.norm(means - means[:, nucleus_k : nucleus_k + 1], axis=0)
     background_k = int(np.lexsort((-unlike, overlap))[0])
+    del feats
 
     comp, _ = ndi.label(cluster == nucleus_k, structure=_EIGHT)
     big = np.bincount(comp.ravel()) >= p.area_px("min_area") - 1e-6  # area >= min_area r² px (Qu: >= 30)

@@ -61,11 +61,11 @@ GRID = {
 
 
 def load(sample: Path, split: str) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
-    """(name, image, gt labels, gt centroids (K, 2) x/y) for every image of ``split``."""
+    """(split/name, image, gt labels, gt centroids (K, 2) x/y) for every image of ``split``."""
     out = []
     for path in sorted((sample / "images" / split).glob("*.tif")):
         gt = read_labels(sample / "masks" / split / path.name)
-        out.append((path.stem, read_image(path), gt, centroids_xy(gt)[1]))
+        out.append((f"{split}/{path.stem}", read_image(path), gt, centroids_xy(gt)[1]))  # stems repeat across splits
     return out
 
 

@@ -41,7 +41,8 @@ constants are the preset ``nucleate.pseudomask.PRESETS["qu2019"]``.
   ``background_margin``·r from every point.
 
 An image with no points gives all-ignore maps and no instances (nothing is known about it). Images:
-(H, W) gray or (H, W, 3) RGB, uint8 / uint16 (or float). Deterministic for a given ``seed``. Cost is
+(H, W) gray or (H, W, 3) RGB, uint8 / uint16 (or float). Deterministic for a given ``seed``, whatever the
+number of CPU cores (the k-means runs on one thread). Cost is
 O(pixels) for ``refine: labels`` (Voronoi cells and morphology are distance-transform propagations);
 ``per_cell`` loops over cells on cropped windows.
 """
@@ -57,6 +58,7 @@ from scipy import ndimage as ndi
 from skimage.measure import label as label_components
 from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
+from threadpoolctl import threadpool_limits
 
 from nucleate.config import PseudomaskParams
 from nucleate.pseudomask.geometry import (
@@ -244,7 +246,9 @@ def _kmeans3(feats: np.ndarray, sample: np.ndarray, seed: int) -> np.ndarray:
     cluster of every pixel (nearest centre)."""
     if sample.size < 3:  # a 1- or 2-pixel image: one cluster
         return np.zeros(feats.shape[1], dtype=np.int8)
-    with warnings.catch_warnings():
+    # one thread: scikit-learn's k-means sums in an order that depends on the thread count, and the pseudo-masks
+    # must not depend on the machine's cores
+    with warnings.catch_warnings(), threadpool_limits(limits=1):
         warnings.simplefilter("ignore", ConvergenceWarning)  # fewer than 3 distinct colours: still fine
         km = KMeans(n_clusters=3, n_init=3, random_state=seed).fit(feats[:, sample].T)
     centres = km.cluster_centers_.astype(np.float32)

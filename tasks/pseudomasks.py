@@ -1,32 +1,38 @@
-"""Stage ``pseudomasks``: points table + manifest -> one pseudo-mask per annotated image + an index table.
+"""Stage ``pseudomasks``: points table + manifest -> pseudo-masks of every annotated image + an index table.
 
-Every image with at least one row in the points table gets (``out``, default ``storage/pseudomasks``)::
+Every image with at least one row in the points table (default: the consensus points, one per nucleus)
+gets, under ``out`` (default ``storage/pseudomasks``)::
 
-    semantic/<image_id>.png    uint8: 0 background, 1 nucleus, 255 ignore
-    instances/<image_id>.tif   int32: 0 none, i = the nucleus of the image's i-th unique point
+    voronoi/<image_id>.png     uint8 Voronoi label (Qu et al.): 0 background, 1 nucleus, 255 ignore
+    cluster/<image_id>.png     uint8 cluster label (Qu et al.); not written for pseudomask.method voronoi
+    semantic/<image_id>.png    uint8 map of pseudomask.method (voronoi_cluster: the two labels combined)
+    instances/<image_id>.tif   int32: i = the nucleus of the image's i-th unique point, ids above the
+                               number of points = blobs nobody clicked (pseudomask.keep_unclicked)
     index.parquet              ``pseudomask_index`` table; paths relative to this folder
 
-Images without points get no mask (they are not annotated; ``from_points`` would return all-ignore).
-Every point row counts as one nucleus whatever its ``label`` / ``origin``; points in the same pixel
-collapse. Images are read from the manifest's root folder (``--images`` overrides it), one at a time.
+Qu et al. train on ``voronoi`` and ``cluster`` as two losses; ``semantic`` is one map for a single-loss
+trainer and for QC. Images without points get no mask (they are not annotated). Every point row counts
+as one nucleus whatever its ``label`` / ``origin``; points in the same pixel collapse. Images are read
+from the manifest's root folder (``images`` overrides it), one at a time.
 
 QC gate: gold images (manifest split ``gold``) that have points and a ground-truth instance mask under
-``--gold-masks`` (same relative path as the image, ``.tif``/``.png``) are done first and scored: pixel
-Dice on the labeled (non-ignore) pixels - how right the supervision is - plus whole-image Dice and AJI.
-If the mean labeled-pixel Dice is below ``pseudomask.min_gold_dice`` the stage fails, says which images
-scored what, and writes nothing. The scores go to ``--qc`` (JSON) when given.
+``gold_masks`` (same relative path as the image, ``.tif``/``.png``) are done first and scored on the
+``semantic`` map / ``instances``: pixel Dice on the labeled (non-ignore) pixels (how right the supervision
+is), the labeled fraction of the image (how much it supervises), whole-image Dice and AJI (how much of
+every nucleus it recovers). The stage fails, names every gold image with the failing measures and writes
+nothing when a mean over the gold images falls below its floor: ``pseudomask.min_gold_dice`` (labeled
+Dice), ``min_gold_labeled_fraction`` or ``min_gold_whole_dice``. The scores go to ``qc`` (JSON).
 
-The output folder is built beside ``out`` and swapped in whole, so a failure (bad point, unreadable
-image, QC) never leaves a half-written set of masks.
+The output folder is built beside ``out`` and swapped in whole (:func:`nucleate.io.atomic.atomic_dir`),
+so a failure (bad point, unreadable image, QC) never leaves a half-written set of masks.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import sys
-import tempfile
+import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,10 +40,11 @@ import numpy as np
 import pyarrow as pa
 import typer
 
-from nucleate.config import Params, ParamsError, load_params
+from nucleate.config import PseudomaskParams
 from nucleate.io import (
+    LAYOUT,
     ImageError,
-    TableError,
+    MissingInput,
     atomic_write_text,
     read_image,
     read_labels,
@@ -46,31 +53,177 @@ from nucleate.io import (
     write_labels,
     write_table,
 )
+from nucleate.io.atomic import atomic_dir
 from nucleate.metrics import dice, segmentation_scores
-from nucleate.pseudomask import IGNORE, METHODS, NUCLEUS, PointError, from_points
-from tasks._stage import fail, run_alone
+from nucleate.pseudomask import IGNORE, NUCLEUS, PointError, PseudoMask, from_points
+from tasks._stage import Report, StageError, load_params_or_exit, logger, run_alone, stage_errors
 
-__all__ = ["PseudomaskError", "QCError", "PseudomaskReport", "run", "command", "main"]
+__all__ = ["GATES", "PseudomaskError", "PseudomaskReport", "QCError", "command", "main", "run"]
+
+#: QC measure (mean over gold images) -> (params field holding its floor, words for people)
+GATES: dict[str, tuple[str, str]] = {
+    "labeled_dice": ("min_gold_dice", "labeled-pixel Dice"),
+    "coverage": ("min_gold_labeled_fraction", "labeled fraction"),
+    "whole_dice": ("min_gold_whole_dice", "whole-image Dice"),
+}
 
 
-class PseudomaskError(ValueError):
+class PseudomaskError(StageError):
     """Bad input: a point outside its image, an image missing from the manifest or unreadable."""
 
 
-class QCError(RuntimeError):
-    """Gold-image pseudo-masks scored below ``pseudomask.min_gold_dice``; nothing was written."""
+class QCError(StageError):
+    """Gold-image pseudo-masks scored below a ``pseudomask.min_gold_*`` floor; nothing was written."""
 
 
 @dataclass
-class PseudomaskReport:
-    """What one run did. ``gold`` maps image_id -> scores of each gold image that was checked."""
+class PseudomaskReport(Report):
+    """What one run did. ``gold`` maps image_id -> scores of each gold image checked, ``gold_mean`` the means."""
 
     index: Path
+    method: str
     images: int = 0
     points: int = 0
     instances: int = 0
-    gold: dict[str, dict[str, float]] = field(default_factory=dict)
-    gold_mean_dice: float | None = None
+    unclicked: int = 0
+    qc: str = "not run"
+    gold: dict[str, dict[str, float | str]] = field(default_factory=dict)
+    gold_mean: dict[str, float] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        """A summary line and the gold QC outcome."""
+        extra = f" ({self.unclicked} unclicked blobs kept)" if self.unclicked else ""
+        return [f"pseudomasks: {self.images} images, {self.points} points, {self.instances} instances{extra} "
+                f"({self.method}) -> {self.index.parent}", f"qc: {self.qc}"]
+
+
+def run(
+    pseudomask: PseudomaskParams,
+    seed: int,
+    *,
+    points: str | Path,
+    manifest: str | Path,
+    out: str | Path,
+    images: str | Path | None = None,
+    gold_masks: str | Path | None = None,
+    qc: str | Path | None = None,
+    log: logging.Logger | None = None,
+) -> PseudomaskReport:
+    """Write the pseudo-masks of every annotated image and the index under ``out``; see the module docstring.
+
+    ``pseudomask`` and ``seed`` are the params.yaml values (``params.pseudomask``, ``params.seed``).
+    Raises :class:`MissingInput` for a missing points table, manifest or gold-mask folder,
+    :class:`PseudomaskError` for bad input, :class:`QCError` when the gold gate fails,
+    :class:`nucleate.io.TableError` for a malformed table.
+    """
+    log = log or logger("pseudomasks")
+    points_path = LAYOUT.require("consensus", points)
+    manifest_path = LAYOUT.require("manifest", manifest)
+    out = Path(out)
+    gold_dir = Path(gold_masks) if gold_masks is not None else None
+    if gold_dir is not None and not gold_dir.is_dir():
+        raise MissingInput(f"{gold_dir}: gold masks folder not found; pass --gold-masks a folder of ground-truth "
+                           "instance masks mirroring the image folder (the sample's come from `nucleate sample-data`)")
+    table = read_table("manifest", manifest_path)
+    root = Path(images) if images is not None else Path(table_metadata(table).get("root", "."))
+    entries = {
+        row["image_id"]: row for row in table.select(["image_id", "path", "width", "height", "split"]).to_pylist()
+    }
+    pts = read_table("points", points_path)
+    ids = np.asarray(pts.column("image_id").to_pylist(), dtype=object)
+    xy = np.stack([pts.column("x").to_numpy(), pts.column("y").to_numpy()], axis=1) if len(ids) else np.zeros((0, 2))
+    order = np.argsort(ids, kind="stable")  # rows of one image keep their table order: instance i = i-th point
+    uniq, starts = np.unique(ids[order], return_index=True) if len(ids) else (np.zeros(0, object), np.zeros(0, int))
+    rows_of = dict(zip(uniq.tolist(), np.split(order, starts[1:]), strict=True))
+    unknown = [i for i in rows_of if i not in entries]
+    if unknown:
+        row = int(rows_of[unknown[0]][0])
+        raise PseudomaskError(
+            f"{points_path}: row {row}: image_id {unknown[0]} is not in the manifest {manifest_path} "
+            f"({len(unknown)} image id(s) unknown); ingest that image or drop its points"
+        )
+    # gold images first, so the QC gate fails before the pool is processed
+    todo = sorted(rows_of, key=lambda i: (entries[i]["split"] != "gold", entries[i]["path"]))
+    report = PseudomaskReport(out / "index.parquet", pseudomask.method)
+    index: dict[str, list] = {k: [] for k in ("image_id", "semantic_path", "instances_path", "voronoi_path",
+                                              "cluster_path", "method", "n_points", "n_instances")}
+    started = time.perf_counter()
+    with atomic_dir(out) as staging:
+        gate_done = False
+        for n, image_id in enumerate(todo):
+            entry = entries[image_id]
+            if not gate_done and entry["split"] != "gold":
+                _gate(report, pseudomask, gold_dir, log)
+                gate_done = True
+            rows = rows_of[image_id]
+            try:
+                image = read_image(root / entry["path"])
+            except (ImageError, FileNotFoundError) as exc:
+                raise PseudomaskError(f"image {image_id} ({entry['path']}): {exc}") from None
+            try:
+                pm = from_points(image, xy[rows], params=pseudomask, seed=seed)
+            except PointError as exc:
+                raise PseudomaskError(
+                    f"{points_path}: row {int(rows[exc.index])} (image_id {image_id}, {entry['path']}): {exc}"
+                ) from None
+            paths = _write_maps(staging, image_id, pm)
+            for key, value in (("image_id", image_id), *paths.items(), ("method", pm.method),
+                               ("n_points", pm.n_points), ("n_instances", pm.n_instances)):
+                index[key].append(value)
+            report.images += 1
+            report.points += pm.n_points
+            report.instances += pm.n_instances
+            report.unclicked += pm.n_unclicked
+            if entry["split"] == "gold" and gold_dir is not None:
+                mask_path = _gold_mask(gold_dir, entry["path"])
+                if mask_path is None:
+                    log.info(f"qc: gold image {entry['path']} has no ground-truth mask under {gold_dir}; not scored")
+                else:
+                    try:
+                        gt = read_labels(mask_path)
+                    except ImageError as exc:
+                        raise PseudomaskError(f"gold mask of image {image_id} ({entry['path']}): {exc}") from None
+                    report.gold[image_id] = _score(gt, pm, entry["path"])
+            if (n + 1) % 100 == 0:
+                log.info(f"pseudomasks: {n + 1}/{len(todo)} images ({time.perf_counter() - started:.0f} s)")
+        if not gate_done:
+            _gate(report, pseudomask, gold_dir, log)
+        write_table("pseudomask_index", pa.table({
+            "image_id": pa.array(index["image_id"], pa.string()),
+            "semantic_path": pa.array(index["semantic_path"], pa.string()),
+            "instances_path": pa.array(index["instances_path"], pa.string()),
+            "voronoi_path": pa.array(index["voronoi_path"], pa.string()),
+            "cluster_path": pa.array(index["cluster_path"], pa.string()),
+            "method": pa.array(index["method"], pa.string()),
+            "n_points": pa.array(index["n_points"], pa.int32()),
+            "n_instances": pa.array(index["n_instances"], pa.int32()),
+        }), staging / "index.parquet", metadata={"method": pseudomask.method, "seed": seed,
+                                                  "params": dataclasses.asdict(pseudomask)})
+    if qc is not None:
+        atomic_write_text(qc, json.dumps({
+            "method": pseudomask.method,
+            "floors": {f: getattr(pseudomask, f) for f, _ in GATES.values()},
+            "gold_mean": report.gold_mean,
+            "gold_mean_labeled_dice": report.gold_mean.get("labeled_dice"),
+            "gold": report.gold, "images": report.images, "points": report.points, "instances": report.instances,
+            "unclicked": report.unclicked,
+        }, indent=1, sort_keys=True) + "\n")
+    return report
+
+
+def _write_maps(staging: Path, image_id: str, pm: PseudoMask) -> dict[str, str | None]:
+    """Write one image's maps below ``staging``; their paths relative to it (``cluster_path`` None if absent)."""
+    paths: dict[str, str | None] = {
+        "semantic_path": f"semantic/{image_id}.png",
+        "instances_path": f"instances/{image_id}.tif",
+        "voronoi_path": f"voronoi/{image_id}.png",
+        "cluster_path": None if pm.cluster is None else f"cluster/{image_id}.png",
+    }
+    for key, array in (("semantic_path", pm.semantic), ("instances_path", pm.instances),
+                       ("voronoi_path", pm.voronoi), ("cluster_path", pm.cluster)):
+        if paths[key] is not None:
+            write_labels(staging / paths[key], array)
+    return paths
 
 
 def _gold_mask(gold_masks: Path, rel: str) -> Path | None:
@@ -81,122 +234,7 @@ def _gold_mask(gold_masks: Path, rel: str) -> Path | None:
     return None
 
 
-def run(
-    points: str | Path,
-    manifest: str | Path,
-    out: str | Path,
-    *,
-    params: Params | None = None,
-    method: str | None = None,
-    images: str | Path | None = None,
-    gold_masks: str | Path | None = None,
-    qc: str | Path | None = None,
-    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
-) -> PseudomaskReport:
-    """Write one pseudo-mask per annotated image and the index under ``out``; see the module docstring.
-
-    ``params`` defaults to :class:`Params` defaults; ``method`` overrides ``params.pseudomask.method``.
-    Raises :class:`PseudomaskError` for bad input, :class:`QCError` when the gold gate fails,
-    ``FileNotFoundError`` for missing tables, :class:`TableError` for malformed ones.
-    """
-    params = params or Params()
-    p = params.pseudomask
-    method = method or p.method
-    if method not in METHODS:
-        raise PseudomaskError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    points_path, out = Path(points), Path(out)
-    table = read_table("manifest", manifest)
-    root = Path(images) if images is not None else Path(table_metadata(table).get("root", "."))
-    entries = {
-        row["image_id"]: row for row in table.select(["image_id", "path", "width", "height", "split"]).to_pylist()
-    }
-    pts = read_table("points", points_path)
-    ids = np.asarray(pts.column("image_id").to_pylist(), dtype=object)
-    xy = np.stack([pts.column("x").to_numpy(), pts.column("y").to_numpy()], axis=1) if len(ids) else np.zeros((0, 2))
-    order = np.argsort(ids, kind="stable")
-    uniq, starts = np.unique(ids[order], return_index=True) if len(ids) else (np.zeros(0, object), np.zeros(0, int))
-    rows_of = dict(zip(uniq.tolist(), np.split(order, starts[1:]), strict=True))
-    unknown = [i for i in rows_of if i not in entries]
-    if unknown:
-        row = int(rows_of[unknown[0]][0])
-        raise PseudomaskError(
-            f"{points_path}: row {row}: image_id {unknown[0]} is not in the manifest {manifest} "
-            f"({len(unknown)} image id(s) unknown); ingest that image or drop its points"
-        )
-    gold_dir = Path(gold_masks) if gold_masks is not None else None
-    # gold images first, so the QC gate fails before the pool is processed
-    todo = sorted(rows_of, key=lambda i: (entries[i]["split"] != "gold", entries[i]["path"]))
-    options = {"nucleus_radius_px": p.nucleus_radius_px, "distance_weight": p.distance_weight,
-               "dilate": p.dilate, "erode": p.erode, "seed": params.seed}
-    report = PseudomaskReport(out / "index.parquet")
-    index: dict[str, list] = {k: [] for k in ("image_id", "semantic_path", "instances_path", "method",
-                                              "n_points", "n_instances")}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp_dir:
-        staging = Path(tmp_dir) / out.name
-        gate_done = False
-        for n, image_id in enumerate(todo):
-            entry = entries[image_id]
-            if not gate_done and entry["split"] != "gold":
-                _gate(report, p.min_gold_dice, gold_dir, log)
-                gate_done = True
-            rows = rows_of[image_id]
-            image_path = root / entry["path"]
-            try:
-                image = read_image(image_path)
-            except (ImageError, FileNotFoundError) as exc:
-                raise PseudomaskError(f"image {image_id} ({entry['path']}): {exc}") from None
-            try:
-                pm = from_points(image, xy[rows], method, **options)
-            except PointError as exc:
-                raise PseudomaskError(
-                    f"{points_path}: row {int(rows[exc.index])} (image_id {image_id}, {entry['path']}): {exc}"
-                ) from None
-            semantic_rel, instances_rel = f"semantic/{image_id}.png", f"instances/{image_id}.tif"
-            write_labels(staging / semantic_rel, pm.semantic)
-            write_labels(staging / instances_rel, pm.instances)
-            for key, value in (("image_id", image_id), ("semantic_path", semantic_rel),
-                               ("instances_path", instances_rel), ("method", method),
-                               ("n_points", pm.n_points), ("n_instances", pm.n_instances)):
-                index[key].append(value)
-            report.images += 1
-            report.points += pm.n_points
-            report.instances += pm.n_instances
-            if entry["split"] == "gold" and gold_dir is not None:
-                mask_path = _gold_mask(gold_dir, entry["path"])
-                if mask_path is None:
-                    log(f"qc: gold image {entry['path']} has no ground-truth mask under {gold_dir}; not scored")
-                else:
-                    try:
-                        gt = read_labels(mask_path)
-                    except ImageError as exc:
-                        raise PseudomaskError(f"gold mask of image {image_id} ({entry['path']}): {exc}") from None
-                    report.gold[image_id] = _score(gt, pm, entry["path"])
-            if (n + 1) % 100 == 0:
-                log(f"pseudomasks: {n + 1}/{len(todo)} images ({time.perf_counter() - started:.0f} s)")
-        if not gate_done:
-            _gate(report, p.min_gold_dice, gold_dir, log)
-        write_table("pseudomask_index", pa.table({
-            "image_id": pa.array(index["image_id"], pa.string()),
-            "semantic_path": pa.array(index["semantic_path"], pa.string()),
-            "instances_path": pa.array(index["instances_path"], pa.string()),
-            "method": pa.array(index["method"], pa.string()),
-            "n_points": pa.array(index["n_points"], pa.int32()),
-            "n_instances": pa.array(index["n_instances"], pa.int32()),
-        }), staging / "index.parquet", metadata={"method": method, "options": options})
-        _swap_in(staging, out)
-    if qc is not None:
-        atomic_write_text(qc, json.dumps({
-            "method": method, "min_gold_dice": p.min_gold_dice, "gold_mean_labeled_dice": report.gold_mean_dice,
-            "gold": report.gold, "images": report.images, "points": report.points, "instances": report.instances,
-        }, indent=1, sort_keys=True) + "\n")
-    log(f"pseudomasks: {report.images} images, {report.points} points, {report.instances} instances "
-        f"({method}) -> {out}")
-    return report
-
-
-def _score(gt: np.ndarray, pm, rel: str) -> dict[str, float]:
+def _score(gt: np.ndarray, pm: PseudoMask, rel: str) -> dict[str, float | str]:
     if gt.shape != pm.semantic.shape:
         raise PseudomaskError(f"gold mask for {rel} has shape {gt.shape}, its image {pm.semantic.shape}")
     labeled = pm.semantic != IGNORE
@@ -210,55 +248,61 @@ def _score(gt: np.ndarray, pm, rel: str) -> dict[str, float]:
     }
 
 
-def _gate(report: PseudomaskReport, minimum: float, gold_dir: Path | None, log: Callable[[str], None]) -> None:
+def _gate(report: PseudomaskReport, p: PseudomaskParams, gold_dir: Path | None, log: logging.Logger) -> None:
+    """Score the gold images done so far against the floors in ``p``; :class:`QCError` names what failed."""
     if gold_dir is None:
-        log("qc: no --gold-masks given; gold gate skipped")
+        report.qc = "skipped (no --gold-masks given)"
         return
     if not report.gold:
-        log("qc: no gold image has both points and a ground-truth mask; gold gate skipped")
+        report.qc = "skipped (no gold image has both points and a ground-truth mask)"
         return
     scores = list(report.gold.values())
-    report.gold_mean_dice = round(float(np.mean([s["labeled_dice"] for s in scores])), 4)
-    lines = "\n".join(
-        f"  {s['path']}: labeled-pixel Dice {s['labeled_dice']:.3f}, whole-image Dice {s['whole_dice']:.3f}, "
-        f"AJI {s['whole_aji']:.3f}, labeled {100 * s['coverage']:.0f}% of pixels" for s in scores
+    report.gold_mean = {key: round(float(np.mean([s[key] for s in scores])), 4)
+                        for key in ("labeled_dice", "coverage", "whole_dice", "whole_aji")}
+    failed = {key: getattr(p, floor) for key, (floor, _) in GATES.items()
+              if report.gold_mean[key] < getattr(p, floor)}
+    if not failed:
+        report.qc = f"passed on {len(scores)} gold image(s): " + ", ".join(
+            f"mean {words} {report.gold_mean[key]:.3f} >= {getattr(p, floor)}" for key, (floor, words) in GATES.items()
+        ) + f"; AJI {report.gold_mean['whole_aji']:.3f}"
+        for s in scores:
+            log.info(f"qc: {s['path']}: " + ", ".join(f"{words} {s[key]:.3f}" for key, (_, words) in GATES.items())
+                     + f", AJI {s['whole_aji']:.3f}")
+        return
+    means = "; ".join(f"mean {GATES[k][1]} {report.gold_mean[k]:.3f} < pseudomask.{GATES[k][0]} {floor}"
+                      for k, floor in failed.items())
+    per_image = "\n".join(
+        f"  {s['path']}: " + ", ".join(
+            f"{words} {s[key]:.3f}" + (" (below the floor)" if s[key] < getattr(p, floor) else "")
+            for key, (floor, words) in GATES.items() if key in failed
+        ) for s in scores
     )
-    if report.gold_mean_dice < minimum:
-        raise QCError(
-            f"QC failed: mean labeled-pixel Dice of the pseudo-masks on {len(scores)} gold image(s) is "
-            f"{report.gold_mean_dice:.3f} < pseudomask.min_gold_dice {minimum}; nothing written.\n{lines}\n"
-            "Check that the points are (x = column, y = row) pixels of these images and that "
-            "pseudomask.nucleus_radius_px matches the nuclei (pixels), or lower the threshold in params.yaml."
-        )
-    log(f"qc: gold mean labeled-pixel Dice {report.gold_mean_dice:.3f} >= {minimum} (passed)\n{lines}")
-
-
-def _swap_in(staging: Path, out: Path) -> None:
-    """Replace ``out`` by ``staging`` with two renames; the old tree lands in the temp folder and goes with it."""
-    if out.exists():
-        out.rename(staging.parent / "previous")
-    staging.mkdir(parents=True, exist_ok=True)
-    staging.rename(out)
+    raise QCError(
+        f"QC failed on {len(scores)} gold image(s): {means}; nothing written.\n{per_image}\n"
+        "Check that the points are (x = column, y = row) pixels of these images, that pseudomask.method labels "
+        "enough of each image (voronoi alone labels ~4 %) and that pseudomask.nucleus_radius_px matches the "
+        "nuclei (pixels); or change the floors in params.yaml."
+    )
 
 
 def command(
-    points: Path = typer.Option(Path("storage/points.parquet"), help="Points table (one row per clicked nucleus)."),
-    manifest: Path = typer.Option(Path("storage/manifest.parquet"), help="Manifest table of the images."),
-    out: Path = typer.Option(Path("storage/pseudomasks"), help="Folder to (re)create: masks + index.parquet."),
+    points: Path = typer.Option(LAYOUT.consensus, help="Points table: one row per nucleus (the consensus points)."),
+    manifest: Path = typer.Option(LAYOUT.manifest, help="Manifest table of the images."),
+    out: Path = typer.Option(LAYOUT.pseudomasks, help="Folder to (re)create: the maps + index.parquet."),
     params: Path = typer.Option(Path("params.yaml"), help="params file (section pseudomask, seed)."),
-    method: str | None = typer.Option(None, help="voronoi | cluster | voronoi_cluster (default: params)."),
     images: Path | None = typer.Option(None, help="Image folder (default: the root the manifest was built from)."),
     gold_masks: Path | None = typer.Option(
         None, help="Ground-truth masks mirroring the image folder; enables the gold QC gate."
     ),
-    qc: Path | None = typer.Option(None, help="Write the gold QC scores here (JSON)."),
+    qc: Path = typer.Option(LAYOUT.pseudomask_qc, help="Write the counts and gold QC scores here (JSON)."),
 ) -> None:
     """Make pseudo-masks (Qu et al. Voronoi + cluster labels) from the clicked points of every annotated image."""
-    try:
-        run(points, manifest, out, params=load_params(params), method=method, images=images,
-            gold_masks=gold_masks, qc=qc)
-    except (PseudomaskError, QCError, ParamsError, TableError, FileNotFoundError) as exc:
-        fail(exc)
+    cfg = load_params_or_exit(params)
+    with stage_errors():
+        report = run(cfg.pseudomask, cfg.seed, points=points, manifest=manifest, out=out, images=images,
+                     gold_masks=gold_masks, qc=qc)
+    for line in report.lines():
+        typer.echo(line)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -107,9 +107,11 @@ class LabelStudioParams:
 class PseudomaskParams:
     """Points -> training masks (stage ``pseudomasks``; :func:`nucleate.pseudomask.from_points`).
 
-    Lengths are multiples of ``nucleus_radius_px`` (r, pixels). The defaults are the values tuned on the
-    sample pool + gold splits (BENCHMARKS.md); Qu et al.'s published recipe is the named preset
-    ``nucleate.pseudomask.PRESETS["qu2019"]``.
+    Lengths are multiples of ``nucleus_radius_px`` (r, pixels; :meth:`px`), ``min_area`` a multiple of r²
+    (:meth:`area_px`). A disk of radius d px holds the pixels whose centres are <= d px away, i.e.
+    ``skimage.morphology.disk(d)`` for integer d. The defaults are the values tuned on the sample pool + gold
+    splits (BENCHMARKS.md); Qu et al.'s published recipe is the named preset
+    ``nucleate.pseudomask.PRESETS["qu2019"]``. Constructing one with a bad value raises ``ValueError``.
     """
 
     method: str = _f("voronoi_cluster", choices=("voronoi", "cluster", "voronoi_cluster"))
@@ -121,16 +123,40 @@ class PseudomaskParams:
     background_margin: float = _f(1.0, min=0.0, max=100.0)  # x r: no background this close to a point
     dilate: float = _f(0.2, min=0.0, max=10.0)  # cluster refinement dilation, x r
     erode: float = _f(0.2, min=0.0, max=10.0)  # cluster refinement erosion, x r
-    min_area: float = _f(0.1, min=0.0, max=100.0)  # x pi r^2: smaller nucleus-cluster blobs are dropped
-    keep_unclicked: bool = _f(False)  # keep nucleus-cluster blobs without a click (Qu) instead of ignoring them
+    # labels: one label-aware closing (neighbours never merge); per_cell: Qu's independent closing per cell
+    refine: str = _f("labels", choices=("labels", "per_cell"))
+    min_area: float = _f(0.314, min=0.0, max=100.0)  # x r^2: smaller nucleus-cluster blobs are dropped
+    keep_unclicked: bool = _f(True)  # keep nucleus-cluster blobs without a click (Qu) instead of ignoring them
     sample_pixels: int = _f(20_000, min=3, max=10**9)  # pixels the k-means is fitted on
     min_gold_dice: float = _f(0.9, min=0.0, max=1.0)  # QC gate: mean labeled-pixel Dice on gold images
-    min_gold_labeled_fraction: float = _f(0.1, min=0.0, max=1.0)  # QC gate: mean share of gold pixels labeled
-    min_gold_whole_dice: float = _f(0.5, min=0.0, max=1.0)  # QC gate: mean whole-image Dice on gold images
+    min_gold_labeled_fraction: float = _f(0.3, min=0.0, max=1.0)  # QC gate: mean share of gold pixels labeled
+    min_gold_whole_dice: float = _f(0.7, min=0.0, max=1.0)  # QC gate: mean whole-image Dice on gold images
+
+    def __post_init__(self) -> None:
+        _INF = float("inf")  # noqa: N806 - NaN fails both comparisons
+        problems = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kind = {"str": str, "float": float, "int": int, "bool": bool}[str(f.type)]
+            if kind is float:
+                ok = isinstance(value, int | float) and not isinstance(value, bool) and -_INF < value < _INF
+            elif kind is int:
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            else:
+                ok = isinstance(value, kind)
+            message = _check_range(value, f.metadata) if ok else f"expected {_type_name(kind)}, got {_show(value)}"
+            if message:
+                problems.append(f"pseudomask.{f.name}: {message}")
+        if problems:
+            raise ValueError("; ".join(problems))
 
     def px(self, name: str) -> float:
-        """Field ``name`` in pixels (its factor times ``nucleus_radius_px``)."""
+        """Length field ``name`` in pixels (its factor times ``nucleus_radius_px``)."""
         return float(getattr(self, name)) * self.nucleus_radius_px
+
+    def area_px(self, name: str) -> float:
+        """Area field ``name`` in pixels (its factor times ``nucleus_radius_px`` squared)."""
+        return float(getattr(self, name)) * self.nucleus_radius_px**2
 
 
 @dataclass(frozen=True)

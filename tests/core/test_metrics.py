@@ -82,6 +82,49 @@ def test_one_instance_split_in_halves_tie_goes_to_lowest_id():
     assert object_dice(t, p) == pytest.approx(2 / 3)
 
 
+def tie_scene(low_id_small: bool):
+    """One 6 px true instance and two predictions with exactly tied IoU 1/3 but different sizes:
+    a 2 px one inside it (IoU 2/6) and a 10 px one covering its other 4 px (IoU 4/12)."""
+    t = np.zeros((4, 8), np.int32)
+    t[0, :6] = 1
+    p = np.zeros_like(t)
+    small, large = (3, 8) if low_id_small else (8, 3)
+    p[0, :2] = small
+    p[0, 2:6] = large
+    p[1, :6] = large
+    return t, p
+
+
+def test_aji_asymmetric_exact_tie_goes_to_the_lowest_prediction_id():
+    t, p = tie_scene(low_id_small=True)  # small = id 3 wins: C = 2, U = 6 + unused large 10
+    assert aji(t, p) == pytest.approx(2 / 16)
+    t, p = tie_scene(low_id_small=False)  # large = id 3 wins: C = 4, U = 12 + unused small 2
+    assert aji(t, p) == pytest.approx(4 / 14)
+    assert aji(t, p + (p > 0) * 1000) == pytest.approx(4 / 14)  # only the order of ids matters
+
+
+def test_object_dice_asymmetric_overlap_tie_goes_to_the_lowest_prediction_id():
+    t = np.zeros((4, 8), np.int32)
+    t[0, :8] = 1  # 8 px; both predictions overlap it by 4 px
+    for small, large, g_side in ((2, 5, 8 / 12), (5, 2, 8 / 20)):
+        p = np.zeros_like(t)
+        p[0, :4] = small  # 4 px inside: Dice 2*4/12
+        p[0, 4:] = large  # 4 px inside + 8 px outside (12 px): Dice 2*4/20
+        p[1, :8] = large
+        # G side: the lowest-id prediction among the tied ones; S side: 4/16 * 2/3 + 12/16 * 2/5
+        assert object_dice(t, p) == pytest.approx(0.5 * (g_side + 0.25 * 8 / 12 + 0.75 * 8 / 20))
+
+
+def test_aji_missed_nucleus_adds_only_its_area():
+    """Kumar AJI: a true instance no prediction touches adds |G| to U. (Qu et al.'s AJI_fast would pair it
+    with prediction 1 and add |G| + |S_1| = 50 + 100: 100 / 250 = 0.4 instead of 100 / 150.)"""
+    t = square(box=(0, 0, 10, 10), value=1) + square(box=(12, 10, 17, 20), value=2)  # 100 px + 50 px
+    p = square(box=(0, 0, 10, 10), value=1)  # finds the first, misses the second
+    assert aji(t, p) == pytest.approx(100 / 150)
+    p2 = p + square(box=(15, 0, 19, 5), value=2)  # plus an unused 20 px prediction: counted once
+    assert aji(t, p2) == pytest.approx(100 / 170)
+
+
 def test_two_instances_merged_into_one():
     t = square(box=(0, 0, 10, 5), value=1) + square(box=(0, 5, 10, 10), value=2)
     p = square(value=7)

@@ -75,7 +75,8 @@ def _dice_counts(inter: int, n_true: int, n_pred: int) -> float:
 
 def _best_per_group(group: np.ndarray, score: np.ndarray, other: np.ndarray) -> np.ndarray:
     """Index (into the pair arrays) of the highest-``score`` pair of every ``group`` value present;
-    ties go to the lowest ``other`` index."""
+    exact ties go to the lowest ``other`` index, i.e. the lowest instance id (ids are ascending). Equal
+    ratios such as 2/6 and 4/12 are equal floats (division is correctly rounded), so they tie exactly."""
     order = np.lexsort((other, -score, group))
     first = np.ones(order.size, dtype=bool)
     first[1:] = group[order][1:] != group[order][:-1]
@@ -131,12 +132,29 @@ def _pq(o: Overlap, iou_threshold: float) -> PQResult:
 
 
 def aji(true: np.ndarray, pred: np.ndarray, valid: np.ndarray | None = None) -> float:
-    """Aggregated Jaccard Index (Kumar et al. 2017), as HoVer-Net's ``get_fast_aji`` / Qu et al.'s ``AJI_fast``.
+    """Aggregated Jaccard Index of Kumar et al. 2017 (docs/methods.md section 5).
 
-    Each true instance is paired with the predicted instance of highest IoU (ties: lowest pred id;
-    a prediction may serve several true instances); C sums their intersections and U their unions
-    plus the area of every true instance with no overlap and of every prediction never picked.
-    AJI = C / U; 1.0 when both images are empty.
+    Each true instance G_i that overlaps a prediction is paired with the prediction S_j of highest IoU
+    (one prediction may serve several true instances); C sums |G_i ∩ S_j| and U sums |G_i ∪ S_j| over
+    these pairs. U also gets the area of every true instance that overlaps no prediction (a missed
+    nucleus adds |G_i| only) and, once each, of every prediction no true instance picked. AJI = C / U;
+    1.0 when both images are empty, 0.0 when exactly one is.
+
+    Ties: an exact IoU tie (e.g. 2/6 and 4/12) goes to the lowest prediction id, as the first maximum
+    in Qu et al.'s ``AJI_fast``. HoVer-Net's ``get_fast_aji`` gives the same value apart from ties, which
+    its IoU = inter / (union + 1e-6) tips toward the pair with the larger union.
+
+    Qu et al.'s ``AJI_fast`` (WeaklySegPointAnno ``accuracy.py``) differs when:
+
+    * a nucleus is missed: its all-zero IoU row makes ``argmax`` pick prediction 1 (the lowest id), so
+      U gets |G_i| + |S_1| for every missed nucleus and S_1 counts as used. With m missed nuclei its U
+      exceeds this one's by m·|S_1|, less |S_1| once if no true instance overlaps S_1: a lower AJI;
+    * there is no prediction at all: ``AJI_fast`` fails (``argmax`` of an empty axis); here 0.0;
+    * ids are not connected components: Qu's ``compute_metrics`` first relabels both images with
+      ``skimage.measure.label`` (touching instances with different ids merge, a split id becomes
+      several); here the ids are scored as given. ``AJI_fast`` also needs consecutive ids 0..N.
+
+    Unused predictions are counted once in both.
     """
     return _aji(overlap_table(true, pred, valid))
 
@@ -145,7 +163,9 @@ def object_dice(true: np.ndarray, pred: np.ndarray, valid: np.ndarray | None = N
     """Object-level Dice (Sirinukunwattana et al. 2017).
 
     ½[Σ_i γ_i Dice(G_i, S*(G_i)) + Σ_j σ_j Dice(S_j, G*(S_j))] with γ_i, σ_j the area shares and
-    S*(G_i) the prediction overlapping G_i most (Dice 0 when none overlaps); 1.0 when both are empty.
+    S*(G_i) the prediction with the largest intersection with G_i (a tie goes to the lowest prediction id,
+    like the first maximum in Qu et al.'s ``accuracy_object_level``; likewise G*(S_j) the lowest true id;
+    Dice 0 when none overlaps); 1.0 when both are empty.
     """
     return _object_dice(overlap_table(true, pred, valid))
 

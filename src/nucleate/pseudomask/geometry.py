@@ -11,7 +11,16 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["PointError", "seed_pixels", "nearest", "voronoi", "cell_edges", "label_closing", "squared_radius"]
+__all__ = [
+    "PointError",
+    "cell_edges",
+    "disk_footprint",
+    "label_closing",
+    "nearest",
+    "seed_pixels",
+    "squared_radius",
+    "voronoi",
+]
 
 
 class PointError(ValueError):
@@ -23,8 +32,20 @@ class PointError(ValueError):
 
 
 def squared_radius(radius: float) -> float:
-    """Squared radius used for ``d² <= r²`` disk tests (a hair above r² so integer offsets on the rim count)."""
+    """Squared radius used for ``d² <= r²`` disk tests (a hair above r² so integer offsets on the rim count).
+
+    A disk of radius ``r`` px is every pixel whose centre is at most ``r`` px from the centre pixel's, so
+    for an integer ``n`` it is exactly ``skimage.morphology.disk(n)`` (disk(2) = 13 px, disk(5) = 81 px).
+    """
     return float(radius) ** 2 + 1e-6
+
+
+def disk_footprint(radius: float) -> np.ndarray:
+    """(2k + 1, 2k + 1) bool footprint of the pixels within ``radius`` px of the centre (k = floor(radius));
+    equal to ``skimage.morphology.disk(n)`` for an integer ``radius`` n."""
+    k = int(np.floor(float(radius) + 1e-6))
+    off = np.arange(-k, k + 1)
+    return (off[:, None] ** 2 + off[None, :] ** 2) <= squared_radius(radius)
 
 
 def seed_pixels(points: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -100,7 +121,12 @@ def voronoi(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> tuple
 
 
 def cell_edges(cells: np.ndarray) -> np.ndarray:
-    """Pixels with a 4-neighbour in another cell (so boundaries are 2 px wide, symmetric)."""
+    """Pixels with a 4-neighbour in another cell: each cell's 1-px inner boundary, so the boundary between
+    two cells is 2 px wide and symmetric; the image border is no boundary.
+
+    This is Qu et al.'s rule (``mask & ~erosion(mask, disk(1))`` per cell, border not eroded) applied to
+    the pixel Voronoi partition.
+    """
     edges = np.zeros(cells.shape, dtype=bool)
     d = cells[:, 1:] != cells[:, :-1]
     edges[:, 1:] |= d

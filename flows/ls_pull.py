@@ -27,9 +27,7 @@ import filecmp
 import json
 import logging
 import os
-import shutil
 import stat
-import tempfile
 import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +39,8 @@ from flows.ls_client import Adapter, ExportPage
 from flows.ls_connection import LabelStudioError
 from flows.ls_push import load_inflight, update_inflight
 from nucleate.annotations.labelstudio import task_finished
-from nucleate.io import LAYOUT, atomic_write_text
+from nucleate.io import LAYOUT, atomic_dir, atomic_write_text
+from nucleate.io.atomic import KeepPrevious
 
 __all__ = ["PullReport", "RoundPull", "pull", "owner_only"]
 
@@ -182,8 +181,8 @@ def _save_round(adapter: Adapter, project_id: int, n: int, task_ids: list[int], 
     rp = RoundPull(n, target, deleted=len(deleted))
     finished: set[str] = set()
     annotators: set[int] = set()
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))  # 0700
-    try:
+    with atomic_dir(target) as staging:
+        staging.chmod(0o700)
         with open(_new_private(staging / EXPORT), "wb") as fh:
             for page in _write_export(fh, adapter.export_pages(project_id, task_ids)):
                 for t in page.tasks:
@@ -209,19 +208,9 @@ def _save_round(adapter: Adapter, project_id: int, n: int, task_ids: list[int], 
         rp.deleted = len(server["deleted_tasks"])
         if target.is_dir() and _same(staging, target, server, previous):
             rp.changed = False
-            return rp, finished
+            raise KeepPrevious  # the saved round is already this export: leave it (and its pulled_at) alone
         _write_private(staging / SERVER, json.dumps({**server, "pulled_at": _now()}, indent=2) + "\n")
-        old = None
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-            target.rename(old / target.name)
-        staging.rename(target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return rp, finished
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+    return rp, finished
 
 
 def _write_export(fh: BinaryIO, pages: Iterable[ExportPage]) -> Iterable[ExportPage]:

@@ -40,11 +40,13 @@ import numpy as np
 import pyarrow as pa
 import typer
 
+from nucleate.annotations import points_xy, rows_by_image
 from nucleate.config import PseudomaskParams
 from nucleate.io import (
     LAYOUT,
     ImageError,
     MissingInput,
+    atomic_dir,
     atomic_write_text,
     read_image,
     read_labels,
@@ -53,7 +55,6 @@ from nucleate.io import (
     write_labels,
     write_table,
 )
-from nucleate.io.atomic import atomic_dir
 from nucleate.metrics import dice, segmentation_scores
 from nucleate.pseudomask import IGNORE, NUCLEUS, PointError, PseudoMask, from_points
 from tasks._stage import Report, StageError, load_params_or_exit, logger, run_alone, stage_errors
@@ -130,11 +131,8 @@ def run(
         row["image_id"]: row for row in table.select(["image_id", "path", "width", "height", "split"]).to_pylist()
     }
     pts = read_table("points", points_path)
-    ids = np.asarray(pts.column("image_id").to_pylist(), dtype=object)
-    xy = np.stack([pts.column("x").to_numpy(), pts.column("y").to_numpy()], axis=1) if len(ids) else np.zeros((0, 2))
-    order = np.argsort(ids, kind="stable")  # rows of one image keep their table order: instance i = i-th point
-    uniq, starts = np.unique(ids[order], return_index=True) if len(ids) else (np.zeros(0, object), np.zeros(0, int))
-    rows_of = dict(zip(uniq.tolist(), np.split(order, starts[1:]), strict=True))
+    xy = points_xy(pts)
+    rows_of = rows_by_image(pts)  # rows of one image keep their table order: instance i = the i-th point
     unknown = [i for i in rows_of if i not in entries]
     if unknown:
         row = int(rows_of[unknown[0]][0])

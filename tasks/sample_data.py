@@ -20,7 +20,6 @@ import logging
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ import typer
 
 from nucleate.annotations import centroids_xy, points_table
 from nucleate.datasets.mnfinder import iter_mnfinder
-from nucleate.io import content_id, write_labels, write_table
+from nucleate.io import atomic_dir, content_id, write_labels, write_table
 from nucleate.io.layout import LAYOUT
 from tasks._stage import Report, logger, run_alone, stage_errors
 
@@ -82,8 +81,7 @@ def run(*, out: str | Path, install: bool = True, log: logging.Logger | None = N
     out.parent.mkdir(parents=True, exist_ok=True)
     images, nuclei = Counter(), Counter()
     columns: dict[str, list] = {"image_id": [], "x": [], "y": []}
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp_dir:
-        staging = Path(tmp_dir) / out.name
+    with atomic_dir(out) as staging:
         for item in iter_mnfinder(package):
             image_path = staging / "images" / item.split / f"{item.name}.tif"
             image_path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,19 +97,10 @@ def run(*, out: str | Path, install: bool = True, log: logging.Logger | None = N
         table = points_table({**columns, "label": "nucleus", "annotator": "ground_truth", "round": 0,
                               "origin": "ground_truth"}, source="sample points")
         write_table("points", table, staging / "points.parquet", metadata={"source": MNFINDER_REQUIREMENT})
-        _swap_in(staging, out)
     report = SampleReport(out, {split: {"images": images[split], "nuclei": nuclei[split]} for split in images})
     for line in report.lines():
         log.info(line)
     return report
-
-
-def _swap_in(staging: Path, out: Path) -> None:
-    """Replace ``out`` by ``staging`` with two renames; the old tree lands in ``staging``'s temp folder
-    and is deleted with it."""
-    if out.exists():
-        out.rename(staging.parent / "previous")
-    staging.rename(out)
 
 
 def command(

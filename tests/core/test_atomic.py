@@ -4,8 +4,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from nucleate.io import atomic_path, read_table, write_image, write_table
+from nucleate.io import atomic_dir, atomic_path, read_table, write_image, write_table
 from nucleate.io import tables as tables_module
+from nucleate.io.atomic import KeepPrevious
 
 
 class Boom(RuntimeError):
@@ -53,3 +54,22 @@ def test_image_write_failure_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(Boom):
         write_image(tmp_path / "a.tif", np.zeros((4, 4), np.uint8))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_dir_swaps_a_whole_folder_or_leaves_the_old_one(tmp_path):
+    out = tmp_path / "masks"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with pytest.raises(Boom), atomic_dir(out) as staging:
+        (staging / "new.txt").write_text("half")
+        raise Boom
+    assert sorted(p.name for p in out.iterdir()) == ["old.txt"]
+    with atomic_dir(out) as staging:
+        (staging / "new.txt").write_text("new")
+        assert not (out / "new.txt").exists()           # nothing shows before the block ends
+    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
+    with atomic_dir(out) as staging:                  # the new content is the old one: keep it
+        (staging / "other.txt").write_text("x")
+        raise KeepPrevious
+    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["masks"]  # no staging or old tree left behind

@@ -40,6 +40,7 @@ ROWS = {
     },
     "pseudomask_index": {
         "image_id": ["a"], "semantic_path": ["a.semantic.png"], "instances_path": ["a.instances.tif"],
+        "voronoi_path": ["voronoi/a.png"], "cluster_path": ["cluster/a.png"],
         "method": ["voronoi_cluster"], "n_points": [3], "n_instances": [3],
     },
 }

@@ -1,6 +1,6 @@
 """Storage layer: Parquet table schemas, image/label files, content ids and atomic writes."""
 
-from nucleate.io.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from nucleate.io.atomic import atomic_dir, atomic_path, atomic_write_bytes, atomic_write_text
 from nucleate.io.images import (
     IMAGE_SUFFIXES,
     ImageError,
@@ -35,6 +35,7 @@ __all__ = [
     "Layout",
     "MissingInput",
     "TableError",
+    "atomic_dir",
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_text",

@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_dir", "atomic_path", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["KeepPrevious", "atomic_dir", "atomic_path", "atomic_write_bytes", "atomic_write_text"]
 
 
 @contextlib.contextmanager
@@ -50,6 +50,10 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+class KeepPrevious(Exception):  # noqa: N818 - a signal, not an error
+    """Raised inside :func:`atomic_dir` to drop the staging folder and leave ``path`` untouched."""
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield an empty staging folder beside ``path``; on normal exit it replaces ``path`` (a folder or file).
@@ -58,6 +62,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     is two renames: the old ``path`` moves into the temp folder, the staging folder onto ``path``). On any
     exception, or once swapped, the temp folder (staging or the old tree) is deleted, and ``path`` is left
     as it was or fully replaced: never half-written. Between the two renames ``path`` is briefly absent.
+    Raising :class:`KeepPrevious` inside the block (e.g. the new content equals the old) drops the staging
+    folder and leaves ``path`` as it is, without an error.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,7 +71,10 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     try:
         staging = tmp / path.name
         staging.mkdir()
-        yield staging
+        try:
+            yield staging
+        except KeepPrevious:
+            return
         previous = tmp / "previous"
         if path.exists() or path.is_symlink():
             path.rename(previous)

@@ -61,6 +61,7 @@ from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
 from nucleate.config import PseudomaskParams
+from nucleate.io.images import STRETCH_PERCENTILES, percentile_stretch
 from nucleate.pseudomask.geometry import (
     PointError,
     cell_edges,
@@ -220,19 +221,15 @@ def _finish(semantic, instances, vor, clu, method, point_ids, n) -> PseudoMask:
 
 
 def _features(image: np.ndarray, d2: np.ndarray, p: PseudomaskParams, sample: np.ndarray) -> np.ndarray:
-    """(C + 1, H*W) float32: intensity/colour scaled to [0, 1] by the subsample's 0.5-99.5 percentiles
-    (all channels together, so colour ratios survive), then the clipped distance to the nearest point
-    scaled to [0, ``distance_weight``]."""
+    """(C + 1, H*W) float32: intensity/colour in [0, 1] by the one contrast stretch
+    (:func:`nucleate.io.images.percentile_stretch`, 0.5-99.5 percentiles of the subsample, all channels
+    together so colour ratios survive), then the clipped distance to the nearest point scaled to
+    [0, ``distance_weight``]."""
     channels = 1 if image.ndim == 2 else 3
-    pixels = image.reshape(-1, channels)
-    lo, hi = np.percentile(pixels[sample].astype(np.float64), [0.5, 99.5])
-    scale = 1.0 / (hi - lo) if hi > lo else 1.0
-    feats = np.empty((channels + 1, pixels.shape[0]), dtype=np.float32)
-    for c in range(channels):
-        row = feats[c]
-        np.multiply(pixels[:, c], np.float32(scale), out=row, casting="unsafe")
-        row -= np.float32(lo * scale)
-        np.clip(row, 0.0, 1.0, out=row)
+    stretched = percentile_stretch(image, STRETCH_PERCENTILES, dtype=np.float32, sample=sample)
+    feats = np.empty((channels + 1, d2.size), dtype=np.float32)
+    feats[:channels] = stretched.reshape(-1, channels).T
+    del stretched
     clip = p.px("distance_clip")
     dist = feats[channels]
     np.minimum(d2.ravel(), clip * clip, out=dist, casting="unsafe")

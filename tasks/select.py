@@ -72,16 +72,17 @@ class SelectReport(Report):
         return [head, *picks]
 
 
-def _labeled(points: Path | None, log: logging.Logger) -> tuple[set[str], int]:
-    """(image ids with at least one point, largest round listed or 0); a missing file = none yet."""
-    if points is None:
+def _listed(kind: str, path: Path | None, log: logging.Logger, absent: str) -> tuple[set[str], int]:
+    """(image ids listed in the ``kind`` table at ``path``, its largest round or 0); a missing file = none yet
+    (logged with ``absent``, a %-format taking the path)."""
+    if path is None:
         return set(), 0
-    if not Path(points).is_file():
-        log.info("select: no points table at %s yet: no image is labeled", points)
+    if not Path(path).is_file():
+        log.info(absent, path)
         return set(), 0
-    table = read_table("points", points)
+    table = read_table(kind, path)
     last = int(pc.max(table.column("round")).as_py()) if table.num_rows else 0
-    return set(table.column("image_id").unique().to_pylist()), last
+    return set(table.column("image_id").to_pylist()), last
 
 
 def _finished(report: Path | None, log: logging.Logger) -> tuple[set[str], int]:
@@ -102,18 +103,6 @@ def _finished(report: Path | None, log: logging.Logger) -> tuple[set[str], int]:
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise StageError(f"{report}: finished_image_ids must be a list of image ids; rerun `nucleate points`")
     return set(ids), last
-
-
-def _inflight(inflight: Path | None, log: logging.Logger) -> tuple[set[str], int]:
-    """(image ids in flight, largest round listed or 0); a missing file = nothing in flight."""
-    if inflight is None:
-        return set(), 0
-    if not Path(inflight).is_file():
-        log.info("select: no in-flight table at %s: no image is waiting for annotators", inflight)
-        return set(), 0
-    table = read_table("inflight", inflight)
-    last = int(pc.max(table.column("round")).as_py()) if table.num_rows else 0
-    return set(table.column("image_id").to_pylist()), last
 
 
 def _features(path: Path, wanted: list[str]) -> np.ndarray:
@@ -177,11 +166,13 @@ def run(
     if stale:
         log.info("select: %d row(s) of %s are for images not in %s; ignored", stale, probs, manifest)
 
-    labeled, points_round = _labeled(None if points is None else Path(points), log)
+    labeled, points_round = _listed("points", None if points is None else Path(points), log,
+                                    "select: no points table at %s yet: no image is labeled")
     finished, report_round = _finished(None if points_report is None else Path(points_report), log)
     labeled |= finished
     points_round = max(points_round, report_round)
-    flying, inflight_round = _inflight(None if inflight is None else Path(inflight), log)
+    flying, inflight_round = _listed("inflight", None if inflight is None else Path(inflight), log,
+                                     "select: no in-flight table at %s: no image is waiting for annotators")
     unknown = len((labeled | flying) - in_manifest)
     if unknown:
         log.info("select: %d labeled or in-flight image id(s) are not in %s; ignored", unknown, manifest)

@@ -8,7 +8,7 @@ Output (``out``, default ``storage/sample``)::
                                             (origin ``ground_truth``, annotator ``ground_truth``,
                                             round 0, created_at = 1970-01-01 UTC)
 
-Expected: 30 / 3 / 16 images and 2,366 / 234 / 603 nuclei in pool / gold / test. The folder is built
+Expected: 30 / 3 / 16 images and 2,388 / 235 / 606 nuclei in pool / gold / test. The folder is built
 beside ``out`` and swapped in whole, so an interrupted run never leaves a partial layout.
 """
 
@@ -107,7 +107,7 @@ def command(
     out: Path = typer.Option(LAYOUT.sample, help="Folder to (re)create with images, masks, points."),
     install: bool = typer.Option(True, help="pip-install the mnfinder data package (--no-deps) if missing."),
 ) -> None:
-    """Lay out the real mnfinder nuclei data (49 fluorescence images, 3,203 nuclei) for the demo/tests."""
+    """Lay out the real mnfinder nuclei data (49 fluorescence images, 3,229 nuclei) for the demo/tests."""
     with stage_errors(subprocess.CalledProcessError):
         run(out=out, install=install)
 

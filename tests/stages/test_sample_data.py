@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 from skimage.measure import regionprops
 
+from nucleate.datasets.mnfinder import MIN_FRAGMENT_PX, split_blobs
 from nucleate.io import content_id, read_image, read_labels, read_table
 from tasks import ingest, sample_data, summary
 
-EXPECTED = {"pool": (30, 2366), "gold": (3, 234), "test": (16, 603)}
+EXPECTED = {"pool": (30, 2388), "gold": (3, 235), "test": (16, 606)}
 
 
 def test_counts_per_split(sample_dir, tmp_path):
@@ -53,3 +54,29 @@ def test_missing_package_gives_install_advice(monkeypatch, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps mnfinder==1.2.3"):
         sample_data.run(out=tmp_path / "s", install=False)
     assert not (tmp_path / "s").exists()
+
+
+def test_every_ground_truth_nucleus_is_one_connected_blob(sample_dir):
+    """mnfinder reuses some mask ids for separate nuclei; the sample layout splits them (8-connectivity)."""
+    from scipy import ndimage as ndi
+
+    for path in sorted((sample_dir / "masks").glob("*/*.tif")):
+        labels = read_labels(path)
+        blobs, n = ndi.label(labels > 0, structure=np.ones((3, 3)))
+        # each instance lies in one foreground blob, up to fragments under MIN_FRAGMENT_PX kept with their nucleus
+        for region in regionprops(labels):
+            inside = np.unique(blobs[region.coords[:, 0], region.coords[:, 1]])
+            sizes = [int(((blobs == b) & (labels == region.label)).sum()) for b in inside]
+            big = sum(s >= MIN_FRAGMENT_PX for s in sizes)
+            assert big == 1 or (big == 0 and len(sizes) == 1), (path.name, region.label, sizes)
+
+
+def test_split_blobs_on_a_constructed_mask():
+    ids = np.zeros((6, 10), np.int64)
+    ids[0:2, 0:2] = 5          # id 5: two separate nuclei ...
+    ids[0:2, 6:9] = 5
+    ids[4, 4] = 5              # ... and a one-pixel fragment, which joins the larger one
+    ids[4:6, 8:10] = 3
+    out = split_blobs(ids, 2)
+    assert out.dtype == np.int32 and out.max() == 3
+    assert out[0, 0] == 1 and out[0, 6] == 2 and out[4, 4] == 2 and out[4, 8] == 3

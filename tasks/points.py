@@ -151,11 +151,9 @@ def run(
     images = set(read_table("manifest", manifest).column("image_id").to_pylist())
     result = PointsReport(out, consensus, report)
     parts: list[CollectedPoints] = []
-    saved = {n: _read_round(folder, n) for n, folder in folders.items()}
-    for n, (tasks, _) in saved.items():  # every round is checked before anything is converted
-        _check_tasks(tasks, folders[n] / "export.json", n, images, manifest)
-    for n, (tasks, server) in saved.items():
-        folder = folders[n]
+    for n, folder in folders.items():  # one round's export in memory at a time; nothing is written before the end
+        tasks, server = _read_round(folder, n)
+        _check_tasks(tasks, folder / "export.json", n, images, manifest)
         users = {int(k): str(v) for k, v in (server.get("annotators") or {}).items()}
         part = collect_points(tasks, labels=labels, users=users, default_round=n)
         deleted = [d.get("image_id") for d in server.get("deleted_tasks") or [] if isinstance(d, dict)]
@@ -171,9 +169,10 @@ def run(
             "finished_image_ids": sorted({str(t["data"]["image_id"]) for t in tasks if task_finished(t)}),
             "agreement": _agreement_summary(part, labelstudio),
         }
-        for r in part.rejected:
-            log.info("points: round %d: %s", n, r.line())
         parts.append(part)
+    for n, r in result.rounds.items():  # logged once every round converted: a bad round is then the only line
+        for line in r["rejected"]:
+            log.info("points: round %d: %s", n, line)
     merged = CollectedPoints.combine(parts)
     agreed = consensus_table(merged.points, labelstudio.agreement_radius_px, labelstudio.consensus_min_fraction,
                              annotators=merged.annotators)

@@ -22,7 +22,7 @@ import typer
 from flows.ls_server import DEFAULT_DATA_DIR, LS_VERSION, LocalServer, ServerError, health
 from nucleate.config import Params
 from nucleate.io import LAYOUT, TableError, read_table
-from tasks._stage import fail, load_params_or_exit, setup_logging
+from tasks._stage import load_params_or_exit, stage_errors
 
 __all__ = ["ls_app", "annotate_sim_command"]
 
@@ -46,11 +46,8 @@ def _ls_errors():
     """Expected failures (server, token, tables, missing files) -> one ``error:`` line and exit 1."""
     from flows.ls_connection import LabelStudioError
 
-    setup_logging()
-    try:
+    with stage_errors(LabelStudioError, ServerError):
         yield
-    except (LabelStudioError, ServerError, TableError, FileNotFoundError, KeyError, ValueError) as exc:
-        fail(exc)
 
 
 @ls_app.command("up")

@@ -23,7 +23,10 @@ from typing import Any
 import yaml
 
 __all__ = [
+    "DonusegParams",
     "EvaluateParams",
+    "ModelParams",
+    "PredictParams",
     "LabelStudioParams",
     "Params",
     "PseudomaskParams",
@@ -160,13 +163,71 @@ class PseudomaskParams:
 
 
 @dataclass(frozen=True)
-class TrainParams:
-    """Student U-Net training (stage ``train``)."""
+class ModelParams:
+    """The student network (:class:`nucleate.models.ModelSpec`) and the nucleus scale it works at."""
 
-    epochs: int = _f(40, min=1, max=100_000)
-    batch_size: int = _f(8, min=1, max=1024)
-    lr: float = _f(1e-3, gt=0.0, max=1.0)  # Adam learning rate
-    patch_px: int = _f(256, min=32, max=4096)  # square training crop, pixels
+    encoder: str = _f("resnet", choices=("resnet", "efficientnet-lite0"))
+    pretrained: bool = _f(False)  # efficientnet-lite0 only: start from the ImageNet weights (installed, offline)
+    width: int = _f(32, min=4, max=512)  # resnet encoder: stem channels; stage k has width * 2**(k-1)
+    heatmap_decoder: str = _f("separate", choices=("separate", "shared"))  # point heat-map branch
+    # images are resized by nucleus_radius_px / (the data's nucleus radius) before the network sees them
+    nucleus_radius_px: float = _f(10.0, gt=0.0, max=500.0)
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """Student training (stage ``train``; :mod:`nucleate.training`)."""
+
+    supervision: str = _f("donuseg", choices=("qu2019", "donuseg", "full"))
+    epochs: int = _f(20, min=1, max=100_000)
+    steps_per_epoch: int = _f(20, min=0, max=10**7)  # 0 = one pass over the training pixels per epoch
+    batch_size: int = _f(8, min=1, max=1024)  # crops per optimiser step
+    patch_px: int = _f(128, min=32, max=4096)  # square crop side at the model's scale, pixels
+    lr: float = _f(2e-3, gt=0.0, max=1.0)  # AdamW peak learning rate (cosine decay to 0)
+    weight_decay: float = _f(1e-4, min=0.0, max=1.0)  # AdamW
+    warmup_steps: int = _f(20, min=0, max=10**7)  # linear learning-rate warm-up before the cosine
+    intensity_jitter: float = _f(0.2, min=0.0, max=1.0)  # brightness / contrast / gamma augmentation strength
+    heatmap_sigma: float = _f(0.33, gt=0.0, max=10.0)  # x model.nucleus_radius_px: Gaussian of the point heat-map
+    kd_weight: float = _f(0.5, min=0.0, max=100.0)  # ActiveKD image-level KD from teacher_probs (0 = off)
+    kd_temperature: float = _f(2.0, gt=0.0, max=100.0)  # KD temperature T (loss scaled by T^2)
+    kd_unlabeled: int = _f(2, min=0, max=1024)  # unannotated pool crops per step for the KD term
+    val_every: int = _f(5, min=0, max=100_000)  # epochs between gold-split Dice in the metrics CSV (0 = never)
+    device: str = _f("auto", choices=("auto", "cpu", "cuda"))
+    amp: bool = _f(True)  # CUDA only: bf16 autocast (fp16 + grad scaling where bf16 is missing)
+    channels_last: bool = _f(True)  # CUDA only
+    threads: int = _f(0, min=0, max=1024)  # CPU threads for torch (0 = torch's default)
+
+
+@dataclass(frozen=True)
+class DonusegParams:
+    """DoNuSeg reconstruction (methods.md 1.3): dynamic CAM selection, CAM-guided contrast, heat-map head."""
+
+    cam_threshold: float = _f(0.5, gt=0.0, max=1.0)  # theta: CAM_k >= theta -> nucleus in C_k
+    similarity: str = _f("iou", choices=("iou", "coverage"))  # alpha_k = IoU(C_k, M_fg) or |C_k & M_fg| / |M_fg|
+    cam_selection: str = _f("dynamic", choices=("dynamic", "last"))  # dynamic: best-alpha block; last: stage 4
+    pseudo_label: str = _f("fill_ignore", choices=("fill_ignore", "replace"))  # P where M ignores, or P everywhere
+    start_epoch: int = _f(5, min=0, max=100_000)  # first epoch (0-based) that uses P and the contrast term
+    refresh_epochs: int = _f(5, min=1, max=100_000)  # E: P is recomputed every E epochs from start_epoch
+    lambda_p: float = _f(1.0, min=0.0, max=100.0)  # weight of L_seg(P)
+    lambda_con: float = _f(0.1, min=0.0, max=100.0)  # weight of the CAM-guided contrastive loss
+    lambda_det: float = _f(1.0, min=0.0, max=100.0)  # weight of the heat-map loss (0 = no heat-map head)
+    con_temperature: float = _f(0.1, gt=0.0, max=10.0)  # InfoNCE temperature
+    con_confidence: float = _f(0.7, min=0.5, max=1.0)  # CAM >= this: confident nucleus; <= 1 - this: background
+    con_pixels: int = _f(256, min=1, max=10**6)  # pixels sampled per class per batch
+
+
+@dataclass(frozen=True)
+class PredictParams:
+    """Inference (stage ``predict``; :mod:`nucleate.inference`)."""
+
+    window_px: int = _f(512, min=32, max=8192)  # sliding window side at the model's scale
+    overlap: float = _f(0.25, min=0.0, max=0.9)  # window overlap, fraction of window_px (blended)
+    batch_size: int = _f(4, min=1, max=1024)  # windows per forward pass
+    threshold: float = _f(0.5, gt=0.0, max=1.0)  # nucleus probability -> foreground
+    markers: str = _f("auto", choices=("auto", "heatmap", "distance"))  # auto: heatmap if the model trained it
+    peak_threshold: float = _f(0.35, gt=0.0, max=1.0)  # heat-map peaks (sigmoid) at least this high
+    peak_distance: float = _f(0.5, gt=0.0, max=10.0)  # x model radius: minimum distance between peaks/markers
+    min_area: float = _f(0.2, min=0.0, max=100.0)  # x model radius^2: smaller instances are dropped
     device: str = _f("auto", choices=("auto", "cpu", "cuda"))
 
 
@@ -188,7 +249,10 @@ class Params:
     select: SelectParams = field(default_factory=SelectParams)
     labelstudio: LabelStudioParams = field(default_factory=LabelStudioParams)
     pseudomask: PseudomaskParams = field(default_factory=PseudomaskParams)
+    model: ModelParams = field(default_factory=ModelParams)
     train: TrainParams = field(default_factory=TrainParams)
+    donuseg: DonusegParams = field(default_factory=DonusegParams)
+    predict: PredictParams = field(default_factory=PredictParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
 
 

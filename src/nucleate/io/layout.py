@@ -31,6 +31,7 @@ ARTIFACTS: dict[str, tuple[str, str]] = {
     "pseudomasks": ("pseudomasks", "`nucleate pseudomasks` (or `dvc repro pseudomasks`)"),
     "pseudomask_qc": ("pseudomask_qc.json", "`nucleate pseudomasks` (or `dvc repro pseudomasks`)"),
     "model": ("model", "`nucleate train` (or `dvc repro train`)"),
+    "checkpoints": ("checkpoints", "`nucleate train` (one per epoch; `nucleate train --resume` continues from it)"),
     "predictions": ("predictions", "`nucleate predict` (or `dvc repro predict`)"),
     "metrics": ("metrics.json", "`nucleate evaluate` (or `dvc repro evaluate`)"),
     "plots": ("plots", "`nucleate evaluate` (or `dvc repro evaluate`)"),

@@ -48,6 +48,7 @@ from nucleate.io import (
     MissingInput,
     atomic_dir,
     atomic_write_text,
+    content_id,
     read_image,
     read_labels,
     read_table,
@@ -196,6 +197,7 @@ def run(
             "n_points": pa.array(index["n_points"], pa.int32()),
             "n_instances": pa.array(index["n_instances"], pa.int32()),
         }), staging / "index.parquet", metadata={"method": pseudomask.method, "seed": seed,
+                                                  "points_id": content_id(points_path),
                                                   "params": dataclasses.asdict(pseudomask)})
     if qc is not None:
         atomic_write_text(qc, json.dumps({

@@ -13,8 +13,6 @@ thread pool), so a pool of 100k files never sits in memory.
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
@@ -24,10 +22,10 @@ import pyarrow as pa
 import typer
 
 from nucleate.io import (
-    IMAGE_SUFFIXES,
     SPLITS,
     ImageError,
     content_id,
+    image_files,
     read_image,
     read_table,
     table_metadata,
@@ -62,15 +60,6 @@ class IngestReport(Report):
     def lines(self) -> list[str]:
         return [f"ingest: {self.added} added, {self.unchanged} unchanged, {len(self.skipped)} skipped, "
                 f"{len(self.missing)} missing -> {self.manifest}"]
-
-
-def _walk(root: Path) -> Iterator[Path]:
-    """Image files under ``root`` in a deterministic order; hidden files and folders are ignored."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                yield Path(dirpath) / name
 
 
 def _split_for(rel: str, split: str) -> str:
@@ -149,7 +138,7 @@ def run(
         by_path = {p: i for i, p in by_id.items()}
 
     seen: set[str] = set()
-    files = _walk(root)
+    files = image_files(root)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         while batch := list(islice(files, _BATCH)):
             results = pool.map(_inspect, batch, [by_id] * len(batch))

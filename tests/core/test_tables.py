@@ -38,6 +38,10 @@ ROWS = {
         "annotator": ["ann@lab"] * 2, "task_id": [1, None], "annotation_id": [7, None], "round": [1, 1],
         "origin": ["manual", "prediction"], "created_at": [NOW, NOW],
     },
+    "predicted_points": {
+        "image_id": ["a"], "x": [0.5], "y": [3.0], "label": ["nucleus"], "annotator": ["model"], "task_id": [None],
+        "annotation_id": [None], "round": [2], "origin": ["prediction"], "created_at": [NOW], "score": [0.75],
+    },
     "pseudomask_index": {
         "image_id": ["a"], "semantic_path": ["a.semantic.png"], "instances_path": ["a.instances.tif"],
         "voronoi_path": ["voronoi/a.png"], "cluster_path": ["cluster/a.png"],
@@ -118,6 +122,15 @@ def test_nan_point_rejected(tmp_path):
     with pytest.raises(TableError, match=r"column 'y' row 1 is nan"):
         write_table("points", dict(ROWS["points"], y=[1.0, float("nan")]), tmp_path / "p.parquet")
     assert not list(tmp_path.iterdir())
+
+
+def test_predicted_points_need_a_score_in_0_1_and_read_as_points(tmp_path):
+    with pytest.raises(TableError, match=r"column 'score' row 0 is 1.5; must be in \[0, 1\]"):
+        write_table("predicted_points", dict(ROWS["predicted_points"], score=[1.5]), tmp_path / "p.parquet")
+    with pytest.raises(TableError, match=r"missing column 'score'"):
+        write_table("predicted_points", ROWS["points"], tmp_path / "p.parquet")
+    write_table("predicted_points", ROWS["predicted_points"], tmp_path / "p.parquet")
+    assert read_table("points", tmp_path / "p.parquet").column("score").to_pylist() == [0.75]
 
 
 def test_probs_not_summing_to_one_rejected(tmp_path):

@@ -15,7 +15,9 @@ teacher's 8-bit input, intensity features): clip to an image's [low, high] perce
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "ImageError",
     "content_id",
+    "image_files",
     "read_image",
     "write_image",
     "read_labels",
@@ -58,6 +61,16 @@ def content_id(path: str | Path) -> str:
         while chunk := fh.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def image_files(root: str | Path) -> Iterator[Path]:
+    """Files under ``root`` (recursive) with a suffix in :data:`IMAGE_SUFFIXES` (any case), in a deterministic
+    order (sorted names, folder by folder); hidden files and folders are skipped."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                yield Path(dirpath) / name
 
 
 def read_image(path: str | Path) -> np.ndarray:

@@ -15,6 +15,9 @@ Kinds (see DESIGN.md, "Data contracts"):
 * ``selection`` — the images picked in a round, ``rank`` 0 first.
 * ``points`` — one clicked (or ground-truth) nucleus centre per row. ``x`` = column, ``y`` = row,
   float64 pixels, origin at the top-left corner of the top-left pixel (its centre is (0.5, 0.5)).
+* ``predicted_points`` — the ``points`` columns and rules plus ``score`` (float32 in [0, 1], the model's
+  confidence: mean nucleus probability of the instance): the student's nucleus centres (stage ``predict``),
+  origin ``prediction``; a plain ``points`` reader accepts it (extra columns are kept).
 * ``pseudomask_index`` — one row per image with a pseudo-mask, paths relative to the index file.
 """
 
@@ -46,6 +49,7 @@ __all__ = [
     "probs_table",
     "probs_array",
     "features_array",
+    "POINT_KINDS",
     "PROB_SUM_TOLERANCE",
     "BadProbRow",
     "find_bad_prob_row",
@@ -125,9 +129,14 @@ SCHEMAS: dict[str, pa.Schema] = {
     ),
 }
 
+SCHEMAS["predicted_points"] = SCHEMAS["points"].append(pa.field("score", pa.float32(), nullable=False))
+#: kinds holding points (x, y finite; origin one of ORIGINS)
+POINT_KINDS = ("points", "predicted_points")
+
 _ENUMS: dict[str, dict[str, tuple[str, ...]]] = {
     "manifest": {"split": SPLITS},
     "points": {"origin": ORIGINS},
+    "predicted_points": {"origin": ORIGINS},
 }
 _UNIQUE: dict[str, tuple[str, ...]] = {
     "manifest": ("image_id",),
@@ -226,13 +235,19 @@ def _check_values(kind: str, table: pa.Table, source: str) -> None:
             dup = uniq[counts > 1][0]
             rows = np.flatnonzero(values == dup)[:2].tolist()
             raise TableError(f"{source}: column '{name}' repeats {dup!r} (rows {rows[0]} and {rows[1]})")
-    if kind == "points":
+    if kind in POINT_KINDS:
         for axis in ("x", "y"):
             values = table.column(axis).to_numpy(zero_copy_only=False)
             bad = ~np.isfinite(values)
             if bad.any():
                 row = int(np.flatnonzero(bad)[0])
                 raise TableError(f"{source}: column '{axis}' row {row} is {values[row]}; must be finite")
+    if kind == "predicted_points":
+        values = table.column("score").to_numpy(zero_copy_only=False)
+        bad = ~((values >= 0.0) & (values <= 1.0))
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise TableError(f"{source}: column 'score' row {row} is {values[row]}; must be in [0, 1]")
     if kind in PROB_KINDS:
         _check_probs(table, source)
     if kind == "student_features":

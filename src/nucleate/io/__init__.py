@@ -3,8 +3,10 @@
 from nucleate.io.atomic import atomic_dir, atomic_path, atomic_write_bytes, atomic_write_text
 from nucleate.io.images import (
     IMAGE_SUFFIXES,
+    LABEL_SUFFIXES,
     ImageError,
     content_id,
+    find_labels,
     read_image,
     read_labels,
     write_image,
@@ -27,6 +29,7 @@ from nucleate.io.tables import (
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "LABEL_SUFFIXES",
     "ORIGINS",
     "SCHEMAS",
     "SPLITS",
@@ -41,6 +44,7 @@ __all__ = [
     "atomic_write_text",
     "content_id",
     "empty_table",
+    "find_labels",
     "probs_array",
     "probs_table",
     "read_image",

@@ -165,6 +165,10 @@ def _snapshot(project):
     return {f: f.read_bytes() for f in files}
 
 
+def _write(path, text):
+    path.write_text(text)
+
+
 def _float_prediction(project):
     import tifffile
 
@@ -180,6 +184,10 @@ BAD = {
     "shape mismatch": (lambda p: write_labels(p["predictions"] / "test" / "c.tif", np.zeros((8, 8), np.int32)),
                        ["predictions/test/c.tif", "masks/test/c.tif", "shape"]),
     "float prediction": (_float_prediction, ["predictions/test/c.tif", "integer"]),
+    "corrupt model card": (lambda p: _write(p["model"] / "model_card.json", "{round: 1"),
+                           ["model_card.json", "not a JSON model card"]),
+    "foreign learning curve": (lambda p: _write(p["plots"] / "learning_curve.csv", "a,b\n1,2\n"),
+                               ["learning_curve.csv", "no 'round' column"]),
 }
 
 
@@ -193,9 +201,9 @@ def _empty(project):
 def test_bad_input_gives_one_error_line_and_leaves_the_outputs_untouched(project, case):
     first = _invoke(project)
     assert first.exit_code == 0, first.output
-    before = _snapshot(project)
     make, words = BAD[case]
     overrides = make(project) or {}
+    before = _snapshot(project)
     result = _invoke(project, **overrides)
     assert result.exit_code == 1 and "Traceback" not in result.output
     (line,) = [x for x in result.output.splitlines() if x.strip()]

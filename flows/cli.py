@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from flows.ls_cli import annotate_sim_command, ls_app
-from tasks import ingest, points_io, predict, pseudomasks, sample_data, summary, teacher, train
+from tasks import evaluate, ingest, points_io, predict, pseudomasks, sample_data, summary, teacher, train
 from tasks import select as select_stage
 
 app = typer.Typer(
@@ -30,6 +30,7 @@ app.command("select")(select_stage.command)
 app.command("pseudomasks")(pseudomasks.command)
 app.command("train")(train.command)
 app.command("predict")(predict.command)
+app.command("evaluate")(evaluate.command)
 app.add_typer(ls_app, name="ls")
 app.command("annotate-sim")(annotate_sim_command)
 app.add_typer(points_io.app, name="points")

@@ -49,6 +49,7 @@ from nucleate.io import (
     atomic_dir,
     atomic_write_text,
     content_id,
+    find_labels,
     read_image,
     read_labels,
     read_table,
@@ -174,7 +175,7 @@ def run(
             report.instances += pm.n_instances
             report.unclicked += pm.n_unclicked
             if entry["split"] == "gold" and gold_dir is not None:
-                mask_path = _gold_mask(gold_dir, entry["path"])
+                mask_path = find_labels(gold_dir, entry["path"])
                 if mask_path is None:
                     log.info(f"qc: gold image {entry['path']} has no ground-truth mask under {gold_dir}; not scored")
                 else:
@@ -224,14 +225,6 @@ def _write_maps(staging: Path, image_id: str, pm: PseudoMask) -> dict[str, str |
         if paths[key] is not None:
             write_labels(staging / paths[key], array)
     return paths
-
-
-def _gold_mask(gold_masks: Path, rel: str) -> Path | None:
-    base = gold_masks / rel
-    for candidate in (base, base.with_suffix(".tif"), base.with_suffix(".tiff"), base.with_suffix(".png")):
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def _score(gt: np.ndarray, pm: PseudoMask, rel: str) -> dict[str, float | str]:

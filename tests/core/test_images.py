@@ -3,7 +3,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from nucleate.io import ImageError, content_id, images, read_image, read_labels, write_image, write_labels
+from nucleate.io import ImageError, content_id, find_labels, images, read_image, read_labels, write_image, write_labels
 from nucleate.io.images import STRETCH_PERCENTILES, percentile_stretch
 
 RNG = np.random.default_rng(0)
@@ -178,3 +178,13 @@ def test_stretch_rejects_bad_input(kwargs, message):
 
 def test_default_percentiles():
     assert STRETCH_PERCENTILES == (0.5, 99.5)
+
+
+def test_find_labels_mirrors_the_image_path_with_label_suffixes(tmp_path):
+    labels = np.zeros((4, 4), np.int32)
+    write_labels(tmp_path / "gold" / "a.tif", labels)
+    write_labels(tmp_path / "gold" / "b.png", labels.astype(np.uint8))
+    assert find_labels(tmp_path, "gold/a.png") == tmp_path / "gold" / "a.tif"
+    assert find_labels(tmp_path, "gold/a.tif") == tmp_path / "gold" / "a.tif"
+    assert find_labels(tmp_path, "gold/b.jpg") == tmp_path / "gold" / "b.png"
+    assert find_labels(tmp_path, "gold/c.tif") is None and find_labels(tmp_path, "test/a.tif") is None

@@ -3,8 +3,10 @@
 from nucleate.io.atomic import atomic_dir, atomic_path, atomic_write_bytes, atomic_write_text
 from nucleate.io.images import (
     IMAGE_SUFFIXES,
+    LABEL_SUFFIXES,
     ImageError,
     content_id,
+    find_labels,
     image_files,
     read_image,
     read_labels,
@@ -28,6 +30,7 @@ from nucleate.io.tables import (
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "LABEL_SUFFIXES",
     "ORIGINS",
     "SCHEMAS",
     "SPLITS",
@@ -42,6 +45,7 @@ __all__ = [
     "atomic_write_text",
     "content_id",
     "empty_table",
+    "find_labels",
     "image_files",
     "probs_array",
     "probs_table",

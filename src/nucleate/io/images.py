@@ -35,11 +35,15 @@ __all__ = [
     "write_image",
     "read_labels",
     "write_labels",
+    "LABEL_SUFFIXES",
+    "find_labels",
     "STRETCH_PERCENTILES",
     "percentile_stretch",
 ]
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+#: suffixes :func:`find_labels` tries for the label image of an image (after the image's own name)
+LABEL_SUFFIXES = (".tif", ".tiff", ".png")
 _TIFF = (".tif", ".tiff")
 _CHUNK = 1 << 20
 #: default [low, high] percentiles of :func:`percentile_stretch` (display PNGs, intensity features)
@@ -198,6 +202,19 @@ def read_labels(path: str | Path) -> np.ndarray:
     if array.ndim != 2 or array.dtype.kind not in "iu":
         raise ImageError(f"{path}: label image must be 2-D integer, got {array.dtype} {array.shape}")
     return array.astype(np.int32, copy=False)
+
+
+def find_labels(folder: str | Path, rel: str | Path) -> Path | None:
+    """The label image under ``folder`` that mirrors image path ``rel`` (relative to its image folder), or None.
+
+    Tries ``folder/rel`` itself, then ``rel`` with each of :data:`LABEL_SUFFIXES` (``gold/a.jpg`` ->
+    ``gold/a.tif``, ``gold/a.tiff``, ``gold/a.png``): how ground-truth masks and predictions are laid out.
+    """
+    base = Path(folder) / rel
+    for candidate in (base, *(base.with_suffix(s) for s in LABEL_SUFFIXES)):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def write_labels(path: str | Path, labels: np.ndarray) -> None:

@@ -2,6 +2,7 @@
 the stages before the first round do their work, `points` stops with one line naming what is missing and the
 command that produces it (no traceback, no errno), and a second `dvc repro` re-runs nothing that is done."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -111,3 +112,32 @@ def test_a_round_by_hand_leaves_dvc_lock_naming_the_export(project, ls_template)
     _run([sys.executable, "-m", "dvc", "repro", "select"], project)
     nxt = read_table("selection", project / "storage" / "selection.parquet")
     assert set(nxt.column("round").to_pylist()) == {2} and not selected & set(nxt.column("image_id").to_pylist())
+
+
+TINY_TRAINING = {"model": {"width": 8}, "train": {"epochs": 2, "steps_per_epoch": 2, "batch_size": 2, "patch_px": 64,
+                                                  "kd_unlabeled": 1, "val_every": 1, "threads": 1}}
+
+
+def test_repro_train_predict_evaluate_after_the_round(project):
+    """dvc repro evaluate after round 1: train -> predict -> evaluate run from the round's points (tiny settings)."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for section, values in TINY_TRAINING.items():
+        params[section].update(values)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    repro = _run([sys.executable, "-m", "dvc", "repro", "evaluate"], project, check=False)
+    out = repro.stdout + repro.stderr
+    assert repro.returncode == 0, out[-4000:]
+    for stage in ("train", "predict", "evaluate"):
+        assert f"Running stage '{stage}'" in out, out[-3000:]
+    model = project / "storage" / "model"
+    assert {"student.pt", "student.json", "model_card.json", "training.csv"} <= {p.name for p in model.iterdir()}
+    card = json.loads((model / "model_card.json").read_text())
+    assert card["round"] == 1 and card["images"] == 5 and card["points"] > 100 and card["supervision"] == "donuseg"
+    assert read_table("student_probs", project / "storage" / "student_probs.parquet").num_rows == 30
+    assert read_table("student_features", project / "storage" / "student_features.parquet").num_rows == 30
+    metrics = json.loads((project / "storage" / "metrics.json").read_text())
+    assert set(metrics["splits"]) == {"gold", "test"} and metrics["splits"]["test"]["n_images"] == 16
+    curve = (project / "storage" / "plots" / "learning_curve.csv").read_text().splitlines()
+    assert len(curve) == 2 and curve[1].startswith("1,5,")
+    status = _run([sys.executable, "-m", "dvc", "status", "train", "predict", "evaluate"], project)
+    assert "up to date" in status.stdout

@@ -87,7 +87,7 @@ def disk_image(size: int, radius: float, seed: int) -> tuple[np.ndarray, np.ndar
     grid = np.arange(spacing / 2, size - spacing / 2 + 1e-9, spacing)
     xy = np.array([(x, y) for y in grid for x in grid], np.float64).reshape(-1, 2)
     xy = xy[rng.random(len(xy)) > 0.2]
-    xy = xy + rng.uniform(-0.15 * spacing, 0.15 * spacing, xy.shape)
+    xy = xy + rng.uniform(-0.1 * spacing, 0.1 * spacing, xy.shape)  # centres >= 2.4 radii apart
     image = rng.normal(800.0, 40.0, (size, size))
     for x, y in xy:
         rr, cc = draw_disk((y - 0.5, x - 0.5), radius * rng.uniform(0.8, 1.1), shape=image.shape)

@@ -278,7 +278,8 @@ def train_loop_section(args: argparse.Namespace, params: Params, images: list[Tr
     later = rows[1:] or rows
     data_s, step_s = sum(r["data_s"] for r in later), sum(r["step_s"] for r in later)
     return {"epochs": tp.epochs, "steps_per_epoch": tp.steps_per_epoch, "wall_s": round(time.perf_counter() - t, 2),
-            "history": rows, "median_crops_per_s_after_first_epoch": statistics.median(r["crops_per_s"] for r in later),
+            "history": rows,
+            "median_crops_per_s_after_first_epoch": round(statistics.median(r["crops_per_s"] for r in later), 2),
             "data_fraction_after_first_epoch": round(data_s / max(1e-9, data_s + step_s), 4)}
 
 

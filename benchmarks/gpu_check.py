@@ -257,7 +257,7 @@ class _TrainBench:
         n = steps * len(rows)
         return {"batch_size": tp.batch_size, "patch_px": tp.patch_px, "amp_bf16": tp.amp,
                 "channels_last": tp.channels_last, "epochs": epochs, "steps_per_epoch": steps,
-                "crops_per_s": statistics.median(r["crops_per_s"] for r in rows),
+                "crops_per_s": round(statistics.median(r["crops_per_s"] for r in rows), 2),
                 "peak_cuda_mem_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1),
                 "data_ms_per_step": round(1e3 * data_s / n, 2), "step_ms_per_step": round(1e3 * step_s / n, 2),
                 "stall_fraction": round(data_s / max(1e-9, data_s + step_s), 4),

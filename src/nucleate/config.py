@@ -179,7 +179,7 @@ class TrainParams:
     """Student training (stage ``train``; :mod:`nucleate.training`)."""
 
     supervision: str = _f("donuseg", choices=("qu2019", "donuseg", "full"))
-    epochs: int = _f(20, min=1, max=100_000)
+    epochs: int = _f(16, min=1, max=100_000)
     steps_per_epoch: int = _f(20, min=0, max=10**7)  # 0 = one pass over the training pixels per epoch
     batch_size: int = _f(8, min=1, max=1024)  # crops per optimiser step
     patch_px: int = _f(128, min=32, max=4096)  # square crop side at the model's scale, pixels
@@ -191,7 +191,7 @@ class TrainParams:
     kd_weight: float = _f(0.5, min=0.0, max=100.0)  # ActiveKD image-level KD from teacher_probs (0 = off)
     kd_temperature: float = _f(2.0, gt=0.0, max=100.0)  # KD temperature T (loss scaled by T^2)
     kd_unlabeled: int = _f(2, min=0, max=1024)  # unannotated pool crops per step for the KD term
-    val_every: int = _f(5, min=0, max=100_000)  # epochs between gold-split Dice in the metrics CSV (0 = never)
+    val_every: int = _f(4, min=0, max=100_000)  # epochs between gold-split Dice in the metrics CSV (0 = never)
     device: str = _f("auto", choices=("auto", "cpu", "cuda"))
     amp: bool = _f(True)  # CUDA only: bf16 autocast (fp16 + grad scaling where bf16 is missing)
     channels_last: bool = _f(True)  # CUDA only
@@ -203,11 +203,13 @@ class DonusegParams:
     """DoNuSeg reconstruction (methods.md 1.3): dynamic CAM selection, CAM-guided contrast, heat-map head."""
 
     cam_threshold: float = _f(0.5, gt=0.0, max=1.0)  # theta: CAM_k >= theta -> nucleus in C_k
-    similarity: str = _f("iou", choices=("iou", "coverage"))  # alpha_k = IoU(C_k, M_fg) or |C_k & M_fg| / |M_fg|
+    # alpha_k: miou = mean IoU of C_k with M's nuclei and of its complement with M's background; iou = the
+    # nucleus IoU only; coverage = |C_k & M_fg| / |M_fg| (all over M's labeled pixels)
+    similarity: str = _f("miou", choices=("miou", "iou", "coverage"))
     cam_selection: str = _f("dynamic", choices=("dynamic", "last"))  # dynamic: best-alpha block; last: stage 4
     pseudo_label: str = _f("fill_ignore", choices=("fill_ignore", "replace"))  # P where M ignores, or P everywhere
-    start_epoch: int = _f(5, min=0, max=100_000)  # first epoch (0-based) that uses P and the contrast term
-    refresh_epochs: int = _f(5, min=1, max=100_000)  # E: P is recomputed every E epochs from start_epoch
+    start_epoch: int = _f(4, min=0, max=100_000)  # first epoch (0-based) that uses P and the contrast term
+    refresh_epochs: int = _f(4, min=1, max=100_000)  # E: P is recomputed every E epochs from start_epoch
     lambda_p: float = _f(1.0, min=0.0, max=100.0)  # weight of L_seg(P)
     lambda_con: float = _f(0.1, min=0.0, max=100.0)  # weight of the CAM-guided contrastive loss
     lambda_det: float = _f(1.0, min=0.0, max=100.0)  # weight of the heat-map loss (0 = no heat-map head)

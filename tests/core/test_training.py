@@ -110,6 +110,8 @@ def test_select_block_takes_the_highest_alpha_and_last_ignores_it():
     k, alphas = select_block(cams, initial, DonusegParams(similarity="iou"))
     assert k == 1 and alphas[1] == pytest.approx(1.0) and alphas[0] == pytest.approx(0.5)
     assert alphas[2] == pytest.approx(36 / 72)  # all-nucleus map: IoU over the labeled pixels only
+    k_miou, alphas_miou = select_block(cams, initial, DonusegParams(similarity="miou"))
+    assert k_miou == 1 and alphas_miou[2] == pytest.approx(0.25)  # miou also counts the background it gets wrong
     # coverage cannot tell the all-nucleus map from the right one: ties go to the deeper block
     k_cov, _ = select_block(cams, initial, DonusegParams(similarity="coverage"))
     assert k_cov == 2

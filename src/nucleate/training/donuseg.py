@@ -5,12 +5,17 @@ For one training image with initial label M (the pseudo-mask ``semantic`` map: 0
 sum of nucleus logits over the image)::
 
     C_k = CAM_k >= theta                                      (donuseg.cam_threshold)
-    alpha_k = IoU(C_k, M = 1) over the pixels where M != 255  (donuseg.similarity: iou), or
+    alpha_k = mean of IoU(C_k, M = 1) and IoU(not C_k, M = 0)  (donuseg.similarity: miou), or
+              IoU(C_k, M = 1)                                 (similarity: iou), or
               |C_k & M = 1| / |M = 1|                         (similarity: coverage)
+              all over the pixels where M != 255
     k* = argmax_k alpha_k (donuseg.cam_selection: dynamic; ties -> the deeper block), or 4 (last)
     P = M where M != 255, else C_k*                           (donuseg.pseudo_label: fill_ignore), or
     P = C_k*                                                  (pseudo_label: replace)
 
+``miou`` (the default) also scores a block on M's background: on the sample pool images a block whose
+map covers much of the image (stage 4 at theta 0.5) wins on nucleus IoU alone although it marks the
+ignored pixels, 98 % of which are background, wrong (BENCHMARKS.md, "DoNuSeg reconstruction").
 P and CAM_k* are refreshed every ``donuseg.refresh_epochs`` epochs from ``donuseg.start_epoch`` on
 (:func:`refresh_pseudo_labels`); the training loss then adds lambda_P * CE(seg, P) and the CAM-guided
 contrast (:func:`nucleate.training.losses.contrastive_loss`).
@@ -36,14 +41,18 @@ def block_similarity(cam: np.ndarray, initial: np.ndarray, threshold: float, sim
     valid = initial != IGNORE
     fg = (initial == NUCLEUS) & valid
     binary = (cam >= threshold) & valid
-    inter = float(np.count_nonzero(binary & fg))
+
+    def ratio(a: np.ndarray, b: np.ndarray, union: bool = True) -> float:
+        total = float(np.count_nonzero((a | b) if union else b))
+        return float(np.count_nonzero(a & b)) / total if total else 0.0
+
     if similarity == "coverage":
-        total = float(np.count_nonzero(fg))
-    elif similarity == "iou":
-        total = float(np.count_nonzero(binary | fg))
-    else:
-        raise ValueError(f"donuseg.similarity must be iou or coverage, got {similarity!r}")
-    return inter / total if total else 0.0
+        return ratio(binary, fg, union=False)
+    if similarity == "iou":
+        return ratio(binary, fg)
+    if similarity == "miou":
+        return 0.5 * (ratio(binary, fg) + ratio(valid & ~binary, valid & ~fg))
+    raise ValueError(f"donuseg.similarity must be miou, iou or coverage, got {similarity!r}")
 
 
 def select_block(cams: Sequence[np.ndarray], initial: np.ndarray, params: DonusegParams) -> tuple[int, list[float]]:

@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nucleate.annotations import centroids_xy, simulate_clicks
+from nucleate.annotations import centroids_xy
+from nucleate.annotations.simulate import simulate_clicks
 from nucleate.classical import segment_classical
 from nucleate.config import load_params
 from nucleate.inference import segment_image

@@ -39,11 +39,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 import typer
-from nucleate.inference import predict_maps
 
 import nucleate
 from nucleate.annotations import centroids_xy, points_xy, rows_by_image
 from nucleate.config import DonusegParams, ModelParams, PredictParams, PseudomaskParams, TrainParams
+from nucleate.inference import predict_maps
 from nucleate.io import (
     LAYOUT,
     ImageError,

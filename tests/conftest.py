@@ -57,3 +57,14 @@ def ls_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert server.down()
     return template
 
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module's tests: tiny convolutions run faster on one and do not fight
+    other processes for the cores (and CPU results do not depend on the machine's core count)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

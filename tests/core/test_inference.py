@@ -19,13 +19,9 @@ from nucleate.inference import (
 )
 from nucleate.models import LoadedModel, ModelError, StudentOutput, build_student
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+
 
 
 class PixelNet(nn.Module):

@@ -23,15 +23,11 @@ from nucleate.training import (
 )
 from nucleate.training.losses import contrastive_loss, kd_loss, seg_loss
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY_MODEL = ModelParams(width=8, nucleus_radius_px=6.0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _disks(seed: int = 0, size: int = 96, radius: int = 6, n: int = 12):

@@ -15,18 +15,14 @@ from nucleate.io import content_id, read_image, read_table, table_metadata, writ
 from nucleate.models import build_student, save_model
 from tasks import predict
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SMALL = dict(width=8, depths=(1, 1, 1, 1), decoder_channels=(16, 16, 8, 8, 8), heatmap_channels=(8, 8, 8, 8, 4))
 EXTRA = {"classes": ["nucleus", "micronucleus", "background"], "nucleus_radius_px": 10.0,
          "data_nucleus_radius_px": 10.0, "heatmap_trained": True, "supervision": "donuseg", "round": 2}
 PARAMS = PredictParams(window_px=64, device="cpu")  # windows smaller than two of the images
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -19,15 +19,11 @@ from nucleate.models import load_model
 from tasks import ingest
 from tasks import train as train_stage
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 RADIUS = 8  # nucleus radius of the synthetic images (pseudomask.nucleus_radius_px in the tests' params)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _image(seed: int, size=(100, 120)):

@@ -17,6 +17,7 @@ from nucleate.config import Params
 from nucleate.io import read_labels, read_table, write_image, write_labels, write_table
 from nucleate.models import load_model
 from tasks import ingest
+from tasks import select as select_stage
 from tasks import train as train_stage
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -106,6 +107,13 @@ def test_train_writes_the_model_card_log_and_student_tables(project, line_log):
     features = read_table("student_features", root / "storage/student_features.parquet")
     assert probs.num_rows == features.num_rows == 3  # the pool images
     assert (root / "storage/checkpoints" / train_stage.CHECKPOINT_FILE).is_file()
+    # the tables are what select.space: student and the feature strategies read
+    for strategy in ("pcoreset", "coreset", "badge"):
+        chosen = select_stage.run(
+            dataclasses.replace(params.select, strategy=strategy, space="student", budget=1), params.seed,
+            manifest=root / "storage/manifest.parquet", probs=root / "storage/student_probs.parquet",
+            features=root / "storage/student_features.parquet", out=root / f"storage/selection_{strategy}.parquet")
+        assert len(chosen.image_ids) == 1, strategy
 
 
 def test_full_supervision_trains_on_masks_and_resume_continues(project, line_log):

@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/student_quality.py run [--sample DIR] [--conditions full,qu2019,donuseg]
         [--clicks exact,sim] [--seeds 0,1,2] [--results DIR]
+    .venv/bin/python benchmarks/student_quality.py tune [--grid 0,1,2] [--seed 0]  # DoNuSeg choices, gold only
     .venv/bin/python benchmarks/student_quality.py summary [--results DIR]      # one JSON document
 
 ``run`` trains one student per (condition, clicks, seed) on the sample's 30 pool images with params.yaml's
@@ -95,7 +96,8 @@ def _score(pairs, params) -> dict[str, float]:
                                                                           "sq", "f1")}
 
 
-def run_one(condition: str, clicks: str, seed: int, sample: Path, params) -> dict:
+def run_one(condition: str, clicks: str, seed: int, sample: Path, params, *, extra_donuseg: dict | None = None,
+            splits: tuple[str, ...] = ("test", "gold")) -> dict:
     started = time.perf_counter()
     gold, test = _split(sample, "gold"), _split(sample, "test")
     radius = params.pseudomask.nucleus_radius_px
@@ -105,7 +107,7 @@ def run_one(condition: str, clicks: str, seed: int, sample: Path, params) -> dic
                 "seconds": round(time.perf_counter() - started, 1)}
     over = CONDITIONS[condition]
     tp = dataclasses.replace(params.train, kd_weight=0.0, val_every=0, **over.get("train", {}))
-    dp = dataclasses.replace(params.donuseg, **over.get("donuseg", {}))
+    dp = dataclasses.replace(params.donuseg, **{**over.get("donuseg", {}), **(extra_donuseg or {})})
     scale = params.model.nucleus_radius_px / radius
     sigma = tp.heatmap_sigma * params.model.nucleus_radius_px
     rng = np.random.default_rng([seed, 7])
@@ -132,7 +134,8 @@ def run_one(condition: str, clicks: str, seed: int, sample: Path, params) -> dic
     def predict(items):
         return [(t, segment_image(loaded, im, params.predict, nucleus_radius_px=radius).labels) for _, im, t in items]
     return {
-        "test": _score(predict(test), params), "gold": _score(predict(gold), params),
+        **{split: _score(predict(items), params) for split, items in (("test", test), ("gold", gold))
+           if split in splits},
         "points": n_points, "final_loss": result.history[-1]["loss"], "donuseg_last_refresh": result.donuseg,
         "seconds": {"prepare": round(prepared - started, 1), "train": round(trained - prepared, 1),
                     "predict": round(time.perf_counter() - trained, 1)},
@@ -164,8 +167,38 @@ def cmd_run(args) -> None:
                 print(f"{path.name}: test {doc['test']}", file=sys.stderr, flush=True)
 
 
+#: the DoNuSeg choices tried on the gold split (never test): each a dict of donuseg overrides
+GRID = [
+    {},
+    {"cam_threshold": 0.3},
+    {"lambda_p": 0.5},
+    {"pseudo_label": "replace"},
+    {"similarity": "iou"},
+    {"lambda_con": 0.5},
+]
+
+
+def cmd_tune(args) -> None:
+    """DoNuSeg settings on the gold split only (exact clicks, one seed): one JSON file per setting."""
+    params = load_params(ROOT / "params.yaml")
+    torch.set_num_threads(args.threads)
+    sample = _sample(args.sample)
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    for i in [int(k) for k in args.grid.split(",")]:
+        path = results / f"tune_{i}.json"
+        if path.exists():
+            continue
+        doc = {"overrides": GRID[i], "seed": args.seed,
+               **run_one("donuseg", "exact", args.seed, sample, params, extra_donuseg=GRID[i], splits=("gold",))}
+        path.write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"{path.name}: {GRID[i]} gold {doc['gold']}", file=sys.stderr, flush=True)
+
+
 def cmd_summary(args) -> None:
-    rows = [json.loads(p.read_text()) for p in sorted(Path(args.results).glob("*.json"))]
+    rows = [json.loads(p.read_text()) for p in sorted(Path(args.results).glob("*.json"))
+            if not p.name.startswith("tune_")]
+    tuning = [json.loads(p.read_text()) for p in sorted(Path(args.results).glob("tune_*.json"))]
     groups: dict[str, list[dict]] = {}
     for r in rows:
         groups.setdefault(f"{r['condition']}/{r['clicks']}", []).append(r)
@@ -187,7 +220,8 @@ def cmd_summary(args) -> None:
         goals["donuseg_over_full_aji"] = round(don["test_aji"][0] / full["test_aji"][0], 3)
     if don and qu and cls:
         goals["order_aji_donuseg_qu_classical"] = [don["test_aji"][0], qu["test_aji"][0], cls["test_aji"][0]]
-    print(json.dumps({"table": table, "goals": goals, "runs": len(rows)}, indent=1))
+    tune = [{"overrides": t["overrides"], **{m: t["gold"][m] for m in METRICS}} for t in tuning]
+    print(json.dumps({"table": table, "goals": goals, "runs": len(rows), "tune_gold": tune}, indent=1))
 
 
 def main() -> None:
@@ -200,10 +234,16 @@ def main() -> None:
     run_p.add_argument("--seeds", default="0,1,2")
     run_p.add_argument("--threads", type=int, default=1)
     run_p.add_argument("--results", default=str(ROOT / "benchmarks/results/student_quality"))
+    tune_p = sub.add_parser("tune")
+    tune_p.add_argument("--sample")
+    tune_p.add_argument("--grid", default=",".join(str(i) for i in range(len(GRID))))
+    tune_p.add_argument("--seed", type=int, default=0)
+    tune_p.add_argument("--threads", type=int, default=1)
+    tune_p.add_argument("--results", default=str(ROOT / "benchmarks/results/student_quality"))
     sum_p = sub.add_parser("summary")
     sum_p.add_argument("--results", default=str(ROOT / "benchmarks/results/student_quality"))
     args = parser.parse_args()
-    (cmd_run if args.cmd == "run" else cmd_summary)(args)
+    {"run": cmd_run, "tune": cmd_tune, "summary": cmd_summary}[args.cmd](args)
 
 
 if __name__ == "__main__":

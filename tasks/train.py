@@ -12,7 +12,8 @@ Writes, each atomically:
 
 * ``out`` (``storage/model``): ``student.pt`` + ``student.json`` (:func:`nucleate.models.save_model`;
   ``extra`` = what inference needs: classes, the nucleus scale, whether the heat-map was trained),
-  ``model_card.json`` (round, supervision, images, clicks, params, content ids of the data it saw,
+  ``model_card.json`` (round, supervision, images, clicks, the nucleus scale it works at and the data's,
+  params, content ids of the data it saw,
   training-time gold Dice, torch version, device, seconds) and ``training.csv`` (one row per epoch:
   loss terms, learning rate, crops/s, data-loading and step seconds, gold Dice; DVC plots);
 * ``student_probs`` / ``student_features``: the image head's probabilities and the pooled embedding of
@@ -332,6 +333,7 @@ def run(
     card = {
         "round": round_no, "supervision": train_params.supervision, "images": report.images,
         "points": report.points if train_params.supervision != "full" else 0,
+        "nucleus_radius_px": model.nucleus_radius_px, "data_nucleus_radius_px": pseudomask.nucleus_radius_px,
         "params": settings, "data": data_ids,
         "metrics": {"gold_pixel_dice": report.gold_dice, "final_loss": report.final_loss},
         "donuseg_last_refresh": result.donuseg,

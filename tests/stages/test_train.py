@@ -101,6 +101,7 @@ def test_train_writes_the_model_card_log_and_student_tables(project, line_log):
     assert card["round"] == 1 and card["images"] == 3 and card["points"] == 24 and card["device"] == "cpu"
     assert card["params"]["train"]["supervision"] == "donuseg" and len(card["data"]["images"]) == 3
     assert card["torch"] == torch.__version__
+    assert card["nucleus_radius_px"] == 4.0 and card["data_nucleus_radius_px"] == RADIUS
     log_rows = (root / "storage/model/training.csv").read_text().splitlines()
     assert log_rows[0].startswith("epoch,loss,seg,pseudo") and len(log_rows) == 3
     probs = read_table("student_probs", root / "storage/student_probs.parquet")

@@ -221,6 +221,17 @@ def cmd_summary(args) -> None:
     if don and qu and cls:
         goals["order_aji_donuseg_qu_classical"] = [don["test_aji"][0], qu["test_aji"][0], cls["test_aji"][0]]
     tune = [{"overrides": t["overrides"], **{m: t["gold"][m] for m in METRICS}} for t in tuning]
+    if args.markdown:
+        print("| condition | clicks | seeds | Dice | AJI | PQ | detection F1 | gold Dice | gold AJI |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        for key, e in table.items():
+            condition, clicks = key.split("/")
+            cells = [f"{e[f'test_{m}'][0]:.3f}" + (f" ± {e[f'test_{m}'][1]:.3f}" if len(e["seeds"]) > 1 else "")
+                     for m in METRICS]
+            gold = [f"{e[f'gold_{m}'][0]:.3f}" for m in ("dice", "aji")]
+            print(f"| {condition} | {clicks} | {len(e['seeds'])} | " + " | ".join(cells + gold) + " |")
+        print(json.dumps({"goals": goals, "tune_gold": tune}, indent=1))
+        return
     print(json.dumps({"table": table, "goals": goals, "runs": len(rows), "tune_gold": tune}, indent=1))
 
 
@@ -242,6 +253,7 @@ def main() -> None:
     tune_p.add_argument("--results", default=str(ROOT / "benchmarks/results/student_quality"))
     sum_p = sub.add_parser("summary")
     sum_p.add_argument("--results", default=str(ROOT / "benchmarks/results/student_quality"))
+    sum_p.add_argument("--markdown", action="store_true", help="the BENCHMARKS.md table instead of JSON")
     args = parser.parse_args()
     {"run": cmd_run, "tune": cmd_tune, "summary": cmd_summary}[args.cmd](args)
 

@@ -42,7 +42,6 @@ from typing import Any
 
 import numpy as np
 import typer
-from matplotlib.figure import Figure
 
 from nucleate.annotations import centroids_xy
 from nucleate.config import EvaluateParams
@@ -296,6 +295,8 @@ def _number(text: str | None) -> float | None:
 
 def _plot_curve(rows: list[dict[str, str]], path: Path, log: logging.Logger) -> None:
     """Every ``<split>_<metric>`` column against the clicks (rows without a click count are left out)."""
+    from matplotlib.figure import Figure  # here, not at import: every `nucleate` command imports this module
+
     fig = Figure(figsize=(7.5, 4.5), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     known = [r for r in rows if _number(r.get("clicks")) is not None]

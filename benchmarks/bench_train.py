@@ -203,7 +203,13 @@ def time_training(params: Params, images: list[TrainingImage], variant: str, *, 
 
 
 def bf16_supported() -> str | None:
-    """None when bf16 autocast runs a convolution on this CPU, else why not."""
+    """None when bf16 autocast runs a convolution on this CPU with native bf16 instructions, else why not.
+
+    Without avx512_bf16 / AMX, torch emulates bf16 (5-8x slower than fp32 in --quick runs on such a CPU), so
+    the variant is skipped there unless ``NUCLEATE_BENCH_BF16=1``.
+    """
+    if not machine()["cpu_bf16"] and os.environ.get("NUCLEATE_BENCH_BF16") != "1":
+        return "skipped: no native bf16 on this CPU (avx512_bf16 / amx_bf16); NUCLEATE_BENCH_BF16=1 runs it emulated"
     try:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             torch.nn.functional.conv2d(torch.ones(1, 3, 8, 8), torch.ones(4, 3, 3, 3)).sum().item()

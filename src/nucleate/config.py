@@ -224,7 +224,7 @@ class PredictParams:
 
     window_px: int = _f(512, min=32, max=8192)  # sliding window side at the model's scale
     overlap: float = _f(0.25, min=0.0, max=0.9)  # window overlap, fraction of window_px (blended)
-    batch_size: int = _f(4, min=1, max=1024)  # windows per forward pass
+    batch_size: int = _f(0, min=0, max=1024)  # windows per forward pass; 0 = auto (CPU 1, CUDA 8)
     threshold: float = _f(0.5, gt=0.0, max=1.0)  # nucleus probability -> foreground
     markers: str = _f("auto", choices=("auto", "heatmap", "distance"))  # auto: heatmap if the model trained it
     peak_threshold: float = _f(0.35, gt=0.0, max=1.0)  # heat-map peaks (sigmoid) at least this high

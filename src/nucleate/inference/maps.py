@@ -24,7 +24,10 @@ import torch
 
 from nucleate.device import resolve_device
 
-__all__ = ["Maps", "blend_weights", "predict_maps", "window_starts"]
+__all__ = ["AUTO_BATCH", "Maps", "blend_weights", "predict_maps", "window_starts"]
+
+#: windows per forward pass for ``batch_size`` 0, by device type
+AUTO_BATCH = {"cpu": 1, "cuda": 8}
 
 
 class Maps(NamedTuple):
@@ -73,15 +76,18 @@ def predict_maps(
     (N, 2, h, w) logits, ``heatmap`` (N, 1, h, w) logits, ``image_logits`` (N, C) and ``embedding`` (N, D));
     it is put in eval mode and moved to ``device`` (``auto``, ``cpu``, ``cuda``: :func:`nucleate.device.
     resolve_device`). ``window_px``: window side in pixels; ``overlap`` in [0, 1): the fraction of a window
-    shared with the next; ``batch_size``: windows per forward pass. See the module docstring for the rules.
+    shared with the next; ``batch_size``: windows per forward pass, 0 = :data:`AUTO_BATCH` of the device
+    (on the CPU one window at a time was fastest: batches of 4 ran at 0.67x, ``benchmarks/bench_train.py``).
+    See the module docstring for the rules.
     """
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 3:
         raise ValueError(f"expected a (C, H, W) network input, got shape {x.shape}")
-    if window_px < 1 or batch_size < 1 or not 0.0 <= overlap < 1.0:
-        raise ValueError(f"window_px and batch_size must be >= 1 and overlap in [0, 1); got {window_px}, "
+    if window_px < 1 or batch_size < 0 or not 0.0 <= overlap < 1.0:
+        raise ValueError(f"window_px must be >= 1, batch_size >= 0 and overlap in [0, 1); got {window_px}, "
                          f"{batch_size}, {overlap}")
     dev = resolve_device(device, setting="predict.device")
+    batch_size = batch_size or AUTO_BATCH.get(dev.type, 1)
     model.eval()
     model.to(dev)
     _, height, width = x.shape

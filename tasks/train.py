@@ -152,6 +152,7 @@ def _stored_pseudomasks(folder: Path | None, points_id: str, log: logging.Logger
 
 def _training_images(model: ModelParams, train_p: TrainParams, pseudomask: PseudomaskParams, seed: int, *,
                      entries: dict[str, dict[str, Any]], root: Path, points_path: Path | None,
+                     points: pa.Table | None, points_id: str | None,
                      pseudomasks: Path | None, masks: Path | None, teacher: dict[str, np.ndarray],
                      log: logging.Logger) -> list:
     scale = model.nucleus_radius_px / pseudomask.nucleus_radius_px
@@ -175,10 +176,9 @@ def _training_images(model: ModelParams, train_p: TrainParams, pseudomask: Pseud
             raise TrainStageError(f"no pool image has a ground-truth mask under {masks}; masks mirror the image "
                                   "folder's relative paths (.tif / .png)")
         return images
-    assert points_path is not None
-    table = read_table("points", points_path)
-    xy_all = points_xy(table)
-    rows_of = rows_by_image(table)
+    assert points is not None and points_path is not None
+    xy_all = points_xy(points)
+    rows_of = rows_by_image(points)
     unknown = [i for i in rows_of if i not in entries]
     if unknown:
         raise TrainStageError(f"{points_path}: row {int(rows_of[unknown[0]][0])}: image_id {unknown[0]} is not in "
@@ -186,7 +186,7 @@ def _training_images(model: ModelParams, train_p: TrainParams, pseudomask: Pseud
     held_out = sorted({entries[i]["split"] for i in rows_of if entries[i]["split"] != "pool"})
     if held_out:
         log.info(f"train: points on {', '.join(held_out)} images are not trained on (tuning / reporting splits)")
-    stored = _stored_pseudomasks(pseudomasks, content_id(points_path), log)
+    stored = _stored_pseudomasks(pseudomasks, points_id, log)
     for image_id in sorted((i for i in rows_of if entries[i]["split"] == "pool"), key=lambda i: entries[i]["path"]):
         entry = entries[image_id]
         image = _read(root, entry)
@@ -269,6 +269,8 @@ def run(
     log = log or logger("train")
     manifest_path = LAYOUT.require("manifest", manifest)
     points_path = LAYOUT.require("consensus", points) if train_params.supervision != "full" else None
+    points_rows = read_table("points", points_path) if points_path is not None else None
+    points_id = _file_id(points_path)
     masks_dir = Path(masks) if masks is not None else None
     if masks_dir is not None and not masks_dir.is_dir():
         raise MissingInput(f"{masks_dir}: masks folder not found; pass --masks a folder of ground-truth instance "
@@ -287,7 +289,8 @@ def run(
     elif train_params.kd_weight > 0:
         log.info(f"train: no teacher probabilities at {teacher_path}; the image head is not distilled (KD off)")
     images = _training_images(model, train_params, pseudomask, seed, entries=entries, root=root,
-                              points_path=points_path, pseudomasks=Path(pseudomasks) if pseudomasks else None,
+                              points_path=points_path, points=points_rows, points_id=points_id,
+                              pseudomasks=Path(pseudomasks) if pseudomasks else None,
                               masks=masks_dir, teacher=teacher, log=log)
     scale = model.nucleus_radius_px / pseudomask.nucleus_radius_px
     if not teacher:
@@ -299,7 +302,7 @@ def run(
                                 scale=scale, patch_px=train_params.patch_px)
     data_ids = {
         "manifest": content_id(manifest_path),
-        "points": _file_id(points_path),
+        "points": points_id,
         "pseudomasks": _file_id(Path(pseudomasks) / "index.parquet") if pseudomasks else None,
         "teacher_probs": _file_id(teacher_path),
         "images": sorted(im.image_id for im in images),
@@ -316,7 +319,7 @@ def run(
     result = train(images, model=model, train=train_params, donuseg=donuseg, seed=seed, num_classes=num_classes,
                    fingerprint=fingerprint, checkpoint=checkpoint, resume=resume, kd_pool=kd_pool, gold=gold,
                    log=log, progress=progress)
-    round_no = _round(points_path)
+    round_no = _round(points_rows)
     extra = {
         "classes": list(classes), "nucleus_radius_px": model.nucleus_radius_px,
         "data_nucleus_radius_px": pseudomask.nucleus_radius_px,
@@ -356,10 +359,11 @@ def content_hash_json(value: Any) -> str:
     return hashlib.blake2b(json.dumps(value, sort_keys=True).encode(), digest_size=16).hexdigest()
 
 
-def _round(points_path: Path | None) -> int:
-    if points_path is None:
+def _round(points: pa.Table | None) -> int:
+    """The latest annotation round in the points table (0 without one: supervision full)."""
+    if points is None:
         return 0
-    rounds = read_table("points", points_path).column("round").to_numpy()
+    rounds = points.column("round").to_numpy()
     return int(rounds.max()) if rounds.size else 0
 
 

@@ -89,7 +89,7 @@ def test_small_image_is_padded_with_ignore():
     image, truth, xy = _disks(size=40, n=2)
     item = prepare_image("a", image, scale=1.0, patch_px=64, points_xy=xy, heatmap_sigma_px=2.0, truth=truth,
                          voronoi=np.zeros_like(truth, np.uint8))
-    assert item.shape == (64, 64) and item.extra["valid"] == (40, 40)
+    assert item.shape == (64, 64) and item.valid_shape == (40, 40)
     assert (item.voronoi[40:] == IGNORE).all() and (item.full[:, 40:] == IGNORE).all()
 
 

@@ -18,7 +18,7 @@ flip, applied to every map alike) and an intensity jitter (gamma, contrast, brig
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -69,7 +69,7 @@ class TrainingImage:
     pseudo: np.ndarray | None = None
     cam: np.ndarray | None = None
     teacher_probs: np.ndarray | None = None  # (C_cls,) float32: the teacher's probabilities of the whole image
-    extra: dict = field(default_factory=dict)
+    valid_shape: tuple[int, int] | None = None  # (h, w) before :func:`pad_to` grew it; None = never padded
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -82,6 +82,7 @@ def pad_to(item: TrainingImage, size: int) -> TrainingImage:
     ph, pw = max(0, size - height), max(0, size - width)
     if not ph and not pw:
         return item
+    item.valid_shape = item.valid_shape or (height, width)
     item.x = np.pad(item.x, ((0, 0), (0, ph), (0, pw)), mode="edge")
     item.heatmap = np.pad(item.heatmap, ((0, ph), (0, pw)))
     for name in MAP_NAMES:

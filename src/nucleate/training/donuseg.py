@@ -91,7 +91,7 @@ def refresh_pseudo_labels(model: StudentNet, images: list[TrainingImage], params
             counts[k] += 1
             alpha_sums += alphas
             im.pseudo = pseudo_label(cams[k], initial, params)
-            h, w = im.extra.get("valid", im.shape)  # pixels past it were added by pad_to: never supervised
+            h, w = im.valid_shape or im.shape  # pixels past it were added by pad_to: never supervised
             im.pseudo[h:, :] = IGNORE
             im.pseudo[:, w:] = IGNORE
             im.cam = cams[k].astype(np.float16)

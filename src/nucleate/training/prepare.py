@@ -56,7 +56,6 @@ def prepare_image(
         voronoi=fit(voronoi), cluster=fit(cluster), semantic=fit(semantic),
         full=None if full is None else (full > 0).astype(np.uint8),
         teacher_probs=None if teacher_probs is None else np.asarray(teacher_probs, np.float32),
-        extra={"valid": shape},
     )
     return pad_to(item, patch_px)
 

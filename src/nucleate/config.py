@@ -30,6 +30,7 @@ __all__ = [
     "LabelStudioParams",
     "Params",
     "PseudomaskParams",
+    "RoundsParams",
     "SelectParams",
     "TeacherParams",
     "TrainParams",
@@ -242,6 +243,17 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class RoundsParams:
+    """When a round is closed, and the schedules of ``nucleate serve`` (flows ``open-round`` and ``watch``)."""
+
+    min_finished_fraction: float = _f(1.0, gt=0.0, max=1.0)  # close once this share of the round's tasks is done
+    deadline_hours: float = _f(0.0, min=0.0)  # ... or this long after the push, with whatever is done (0 = never)
+    watch_cron: str = _f("*/10 * * * *")  # how often the watcher reads Label Studio's progress
+    open_cron: str = _f("")  # when a new round opens by itself ("" = only when started by hand / the UI)
+    timezone: str = _f("UTC")  # time zone of the two cron schedules
+
+
+@dataclass(frozen=True)
 class Params:
     """All hyper-parameters; one attribute per top-level key of ``params.yaml``."""
 
@@ -256,6 +268,7 @@ class Params:
     donuseg: DonusegParams = field(default_factory=DonusegParams)
     predict: PredictParams = field(default_factory=PredictParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    rounds: RoundsParams = field(default_factory=RoundsParams)
 
 
 def load_params(path: str | Path) -> Params:

@@ -35,6 +35,8 @@ ARTIFACTS: dict[str, tuple[str, str]] = {
     "predictions": ("predictions", "`nucleate predict` (or `dvc repro predict`)"),
     "metrics": ("metrics.json", "`nucleate evaluate` (or `dvc repro evaluate`)"),
     "plots": ("plots", "`nucleate evaluate` (or `dvc repro evaluate`)"),
+    "open_round": ("open_round.json", "`nucleate round open` (the open-round flow) once it has selected"),
+    "reports": ("reports", "`nucleate round close` (the close-round flow)"),
 }
 
 

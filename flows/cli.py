@@ -10,7 +10,9 @@ from pathlib import Path
 
 import typer
 
+from flows.demo import demo_command
 from flows.ls_cli import annotate_sim_command, ls_app
+from flows.round_cli import round_app
 from tasks import evaluate, ingest, points_io, predict, pseudomasks, sample_data, summary, teacher, train
 from tasks import select as select_stage
 
@@ -34,6 +36,8 @@ app.command("evaluate")(evaluate.command)
 app.add_typer(ls_app, name="ls")
 app.command("annotate-sim")(annotate_sim_command)
 app.add_typer(points_io.app, name="points")
+app.add_typer(round_app, name="round")
+app.command("demo")(demo_command)
 
 
 @params_app.command("check")

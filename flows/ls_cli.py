@@ -144,8 +144,7 @@ def push(
     data_dir: Path = _DATA,
 ) -> None:
     """Push the selected images as Label Studio tasks (idempotent) and record them in the in-flight table."""
-    from flows.ls_push import push as push_tasks
-    from flows.ls_push import render_images
+    from flows.ls_push import push_round
 
     params = load_params_or_exit(params_path)
     with _ls_errors():
@@ -155,19 +154,11 @@ def push(
         preds = _read_predictions(predictions) if predictions else None
         conn, adapter = _adapter(params, data_dir)
         with adapter:
-            if conn.files_root is None:
-                raise ValueError("NUCLEATE_LS_FILES_ROOT is not set: point it at the server's "
-                                 "LOCAL_FILES_DOCUMENT_ROOT so images can be placed where Label Studio serves them")
-            mv = model_version or (f"round-{r:03d}" if preds is not None else None)
-            project = adapter.ensure_project(params.labelstudio.project_title, params.labels, model_version=mv)
-            records = render_images(man, image_ids, conn.files_root)
-            adapter.ensure_storage(project, conn.files_root / "images")
-            report = push_tasks(adapter, project, [records[i] for i in image_ids], round=r, labels=params.labels,
-                                marker_pct=params.labelstudio.point_radius_pct, predictions=preds,
-                                model_version=mv, inflight=inflight)
+            report = push_round(adapter, params, man, image_ids, round=r, predictions=preds,
+                                model_version=model_version, inflight=inflight)
     for line in report.lines():
         typer.echo(line)
-    typer.echo(f"open {conn.url}/projects/{project}/data")
+    typer.echo(f"open {conn.url}/projects/{report.project_id}/data")
 
 
 @ls_app.command("progress")

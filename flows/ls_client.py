@@ -188,6 +188,10 @@ class Adapter:
             self._call("update project", self._ls.projects.update, id=project.id, **updates)
         return int(project.id)
 
+    def delete_project(self, project_id: int) -> None:
+        """Delete a project with its tasks and annotations (the demo's reset; never called by the rounds)."""
+        self._call("delete project", self._ls.projects.delete, id=project_id)
+
     def label_config(self, project_id: int) -> str:
         """The project's labeling config (XML), as the server stores it."""
         return str(self._call("get project", self._ls.projects.get, id=project_id).label_config or "")

@@ -25,6 +25,7 @@ from flows.ls_client import Adapter
 from flows.ls_connection import UncertainOutcome
 from nucleate.annotations.display import display_uint8
 from nucleate.annotations.labelstudio import keypoint_results, prediction_points
+from nucleate.config import Params
 from nucleate.io import SCHEMAS, atomic_path, empty_table, read_image, read_table, table_metadata, write_table
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "PushReport",
     "load_inflight",
     "push",
+    "push_round",
     "render_images",
     "task_json",
     "update_inflight",
@@ -242,3 +244,32 @@ def _import_batch(adapter: Adapter, project_id: int, batch: list[ImageRecord],
         ids = [now_ids[rec.image_id] for rec in batch]
     return [int(i) for i in ids]
 
+
+
+def push_round(
+    adapter: Adapter,
+    params: Params,
+    manifest: pa.Table,
+    image_ids: Sequence[str],
+    *,
+    round: int,  # noqa: A002 - the pipeline's word
+    predictions: pa.Table | None = None,
+    model_version: str | None = None,
+    inflight: str | Path | None = None,
+    root: Path | None = None,
+) -> PushReport:
+    """Push one round's selected ``image_ids`` into the project titled ``labelstudio.project_title`` (created
+    with the ``labels`` config if missing): display copies under the connection's files root, the project's
+    local-files storage, then :func:`push`. ``root``: folder the manifest's paths are relative to (default:
+    its ``root`` metadata). ``model_version`` defaults to ``round-NNN`` when there are predictions."""
+    files_root = adapter.conn.files_root
+    if files_root is None:
+        raise ValueError("NUCLEATE_LS_FILES_ROOT is not set: point it at the server's LOCAL_FILES_DOCUMENT_ROOT "
+                         "so images can be placed where Label Studio serves them")
+    mv = model_version or (f"round-{int(round):03d}" if predictions is not None else None)
+    project = adapter.ensure_project(params.labelstudio.project_title, params.labels, model_version=mv)
+    records = render_images(manifest, image_ids, files_root, root=root)
+    adapter.ensure_storage(project, files_root / "images")
+    return push(adapter, project, [records[i] for i in image_ids], round=round, labels=params.labels,
+                marker_pct=params.labelstudio.point_radius_pct, predictions=predictions, model_version=mv,
+                inflight=inflight)

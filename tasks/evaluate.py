@@ -60,6 +60,7 @@ __all__ = [
     "EvaluateReport",
     "command",
     "main",
+    "read_curve",
     "run",
 ]
 
@@ -174,7 +175,7 @@ def run(
         "images": scored,
     }
     curve_path = plots / f"{CURVE_NAME}.csv"
-    rows, columns = _read_curve(curve_path)
+    rows, columns = read_curve(curve_path)
     rows = _merge_row(rows, _curve_row(card, splits))
     # everything is computed: write the plot, the table, then the metrics (each atomically)
     _plot_curve(rows, plots / f"{CURVE_NAME}.png", log)
@@ -250,7 +251,7 @@ def _curve_row(card: dict[str, Any], splits: dict[str, dict[str, Any]]) -> dict[
     return {k: "" if v is None else str(v) for k, v in row.items()}
 
 
-def _read_curve(path: Path) -> tuple[list[dict[str, str]], list[str]]:
+def read_curve(path: Path) -> tuple[list[dict[str, str]], list[str]]:
     """Rows (str values) and columns of an existing learning curve (none yet: no rows, :data:`CURVE_COLUMNS`)."""
     columns = list(CURVE_COLUMNS)
     if not path.exists():

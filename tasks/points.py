@@ -40,7 +40,7 @@ from nucleate.io import LAYOUT, atomic_path, read_table, write_table
 from nucleate.io.layout import MissingInput, produced_by
 from tasks._stage import Report, StageError, load_params_or_exit, logger, run_alone, stage_errors
 
-__all__ = ["PointsReport", "round_folders", "run", "command", "main"]
+__all__ = ["PointsReport", "read_round", "round_folders", "run", "command", "main"]
 
 _ROUND = re.compile(r"round-(\d{3,})")
 
@@ -84,8 +84,13 @@ def round_folders(annotations: str | Path) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
-def _read_round(folder: Path, n: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """(tasks of ``folder/export.json``, ``folder/server.json`` or {})."""
+def read_round(folder: str | Path, n: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(tasks of ``folder/export.json``, ``folder/server.json`` or {}) of round ``n``'s saved folder.
+
+    Raises :class:`tasks._stage.StageError` (one line naming the file and ``nucleate ls pull --round n``) when
+    ``export.json`` is missing, not JSON or not a list.
+    """
+    folder = Path(folder)
     export = folder / "export.json"
     if not export.is_file():
         raise StageError(f"{folder}: incomplete round folder (no export.json); save it again with "
@@ -152,7 +157,7 @@ def run(
     result = PointsReport(out, consensus, report)
     parts: list[CollectedPoints] = []
     for n, folder in folders.items():  # one round's export in memory at a time; nothing is written before the end
-        tasks, server = _read_round(folder, n)
+        tasks, server = read_round(folder, n)
         _check_tasks(tasks, folder / "export.json", n, images, manifest)
         users = {int(k): str(v) for k, v in (server.get("annotators") or {}).items()}
         part = collect_points(tasks, labels=labels, users=users, default_round=n)

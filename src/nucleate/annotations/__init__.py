@@ -3,6 +3,7 @@ client here)."""
 
 from nucleate.annotations.agreement import agreement, consensus_points, consensus_table, match_points
 from nucleate.annotations.display import display_uint8
+from nucleate.annotations.effort import RoundEffort, round_effort
 from nucleate.annotations.labelstudio import (
     collect_points,
     keypoint_points,
@@ -14,6 +15,7 @@ from nucleate.annotations.labelstudio import (
 from nucleate.annotations.points import centroids_xy, group_rows, points_table, points_xy, rows_by_image
 
 __all__ = [
+    "RoundEffort",
     "agreement",
     "centroids_xy",
     "collect_points",
@@ -28,6 +30,7 @@ __all__ = [
     "points_table",
     "points_xy",
     "prediction_points",
+    "round_effort",
     "rows_by_image",
     "task_finished",
 ]

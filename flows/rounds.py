@@ -270,15 +270,15 @@ def progress_task(project: str, round: int) -> dict[str, int]:  # noqa: A002
 
 
 @task(name="round report")
-def report_task(project: str, round: int) -> str:  # noqa: A002
+def report_task(project: str, round: int) -> list[str]:  # noqa: A002
     """Write storage/reports/round-NNN.md (+ the learning-curve PNG) and the Prefect artifacts."""
     from flows.report import round_report
 
     proj = Project.load(project)
     report = round_report(proj.root, round, proj.params)
-    path = report.write(proj.layout.reports)
+    paths = report.write(proj.layout.reports)
     report.publish()
-    return str(path)
+    return [str(p) for p in paths]
 
 
 @task(name="commit + tag round")

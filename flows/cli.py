@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from flows import project
 from flows.ls_cli import annotate_sim_command, ls_app
 from tasks import evaluate, ingest, points_io, predict, pseudomasks, sample_data, summary, teacher, train
 from tasks import select as select_stage
@@ -34,6 +35,7 @@ app.command("evaluate")(evaluate.command)
 app.add_typer(ls_app, name="ls")
 app.command("annotate-sim")(annotate_sim_command)
 app.add_typer(points_io.app, name="points")
+app.command("init")(project.init_command)
 
 
 @params_app.command("check")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from flows import project
 from flows.demo import demo_command
 from flows.ls_cli import annotate_sim_command, ls_app
 from flows.round_cli import round_app
@@ -38,6 +39,7 @@ app.command("annotate-sim")(annotate_sim_command)
 app.add_typer(points_io.app, name="points")
 app.add_typer(round_app, name="round")
 app.command("demo")(demo_command)
+app.command("init")(project.init_command)
 
 
 @params_app.command("check")

@@ -11,6 +11,8 @@ from pathlib import Path
 import typer
 
 from flows.ls_cli import annotate_sim_command, ls_app
+from flows.prefect_cli import prefect_app
+from flows.serve import command as serve_command
 from tasks import evaluate, ingest, points_io, predict, pseudomasks, sample_data, summary, teacher, train
 from tasks import select as select_stage
 
@@ -34,6 +36,8 @@ app.command("evaluate")(evaluate.command)
 app.add_typer(ls_app, name="ls")
 app.command("annotate-sim")(annotate_sim_command)
 app.add_typer(points_io.app, name="points")
+app.add_typer(prefect_app, name="prefect")
+app.command("serve")(serve_command)
 
 
 @params_app.command("check")

@@ -13,7 +13,9 @@ import typer
 from flows import project
 from flows.demo import demo_command
 from flows.ls_cli import annotate_sim_command, ls_app
+from flows.prefect_cli import prefect_app
 from flows.round_cli import round_app
+from flows.serve import command as serve_command
 from tasks import evaluate, ingest, points_io, predict, pseudomasks, sample_data, summary, teacher, train
 from tasks import select as select_stage
 
@@ -38,8 +40,10 @@ app.add_typer(ls_app, name="ls")
 app.command("annotate-sim")(annotate_sim_command)
 app.add_typer(points_io.app, name="points")
 app.add_typer(round_app, name="round")
-app.command("demo")(demo_command)
 app.command("init")(project.init_command)
+app.add_typer(prefect_app, name="prefect")
+app.command("serve")(serve_command)
+app.command("demo")(demo_command)
 
 
 @params_app.command("check")

@@ -26,18 +26,15 @@ import contextlib
 import json
 import os
 import secrets
-import signal
-import socket
 import stat
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from flows.local_service import ServiceError, free_port, http_ok, log_tail, pid_runs, spawn, stop_pid, wait_until_ok
 from nucleate.io import atomic_write_text
 
 __all__ = [
@@ -61,11 +58,7 @@ ADMIN_EMAIL = "admin@nucleate.local"
 _LEAKY = ("HOST", "PORT", "USERNAME", "PASSWORD", "DEBUG", "DATABASE_NAME")
 
 
-#: Servers started by this process (pid -> Popen), so stopping one reaps it through its Popen.
-_SPAWNED: dict[int, subprocess.Popen] = {}
-
-
-class ServerError(RuntimeError):
+class ServerError(ServiceError):
     """The local Label Studio server could not be set up, started or stopped."""
 
 
@@ -118,58 +111,21 @@ def server_env(
     return env
 
 
-def free_port(preferred: int | None = None) -> int:
-    """``preferred`` when it is free on 127.0.0.1, else a port the OS hands out."""
-    if preferred:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", preferred))
-                return preferred
-            except OSError:
-                pass
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def health(url: str, timeout: float = 2.0) -> bool:
     """True when ``url``/health answers 200 (no authentication needed)."""
-    try:
-        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout) as r:
-            return r.status == 200
-    except (OSError, urllib.error.URLError):
-        return False
+    return http_ok(url.rstrip("/") + "/health", timeout)
 
 
 def wait_healthy(url: str, proc: subprocess.Popen | None, log: Path | None, timeout: float = 180.0) -> None:
     """Poll ``/health`` until it answers; raise :class:`ServerError` with the log tail if ``proc`` dies
     or ``timeout`` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while not health(url):
-        if proc is not None and proc.poll() is not None:
-            raise ServerError(f"Label Studio exited with code {proc.returncode} before {url}/health answered"
-                              + _tail(log))
-        if time.monotonic() > deadline:
-            raise ServerError(f"Label Studio did not answer {url}/health within {timeout:.0f} s" + _tail(log))
-        time.sleep(0.25)
-
-
-def _tail(log: Path | None, n: int = 2000) -> str:
-    if log is None or not Path(log).exists():
-        return ""
-    return f"; last lines of {log}:\n" + Path(log).read_text(errors="replace")[-n:]
+    wait_until_ok(url.rstrip("/") + "/health", proc, log, name="Label Studio", timeout=timeout, error=ServerError)
 
 
 def _pid_is_label_studio(pid: int, data: Path) -> bool:
     """True when ``pid`` is a ``label-studio start`` serving the data dir ``data`` (not a reused pid, not
     another data dir's server)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    mine = f"LABEL_STUDIO_BASE_DATA_DIR={Path(data).resolve()}".encode()
-    return any(part.endswith(b"label-studio") for part in cmdline) and b"start" in cmdline and mine in environ
+    return pid_runs(pid, "label-studio", ("start",), f"LABEL_STUDIO_BASE_DATA_DIR={Path(data).resolve()}")
 
 
 @dataclass
@@ -272,7 +228,7 @@ class LocalServer:
                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                   timeout=timeout, check=False, umask=PRIVATE_UMASK)
         if proc.returncode != 0 or not (self.server_data / "label_studio.sqlite3").exists():
-            raise ServerError(f"`label-studio init` failed (exit {proc.returncode})" + _tail(self.log_path))
+            raise ServerError(f"`label-studio init` failed (exit {proc.returncode})" + log_tail(self.log_path))
 
     def up(self, port: int | None = None, ls_bin: Path | None = None, timeout: float = 180.0,
            log=lambda line: print(line, file=sys.stderr)) -> dict:
@@ -299,21 +255,14 @@ class LocalServer:
             raise ServerError(f"port {port} on 127.0.0.1 is taken; choose another with --port or leave it out")
         port = port or free_port(previous)
         self._mkdir(self.files_root / "images")
-        log_file = self._open_log()
-        try:
-            proc = subprocess.Popen(
-                [str(ls_bin), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port)],
-                env=self.env(), stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, umask=PRIVATE_UMASK,
-            )
-        finally:
-            log_file.close()
-        _SPAWNED[proc.pid] = proc
+        with self._open_log() as log_file:
+            proc = spawn([str(ls_bin), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port)],
+                         env=self.env(), log_file=log_file, umask=PRIVATE_UMASK)
         url = f"http://127.0.0.1:{port}"
         try:
             wait_healthy(url, proc, self.log_path, timeout=timeout)
         except ServerError:
-            _stop_pid(proc.pid)
+            stop_pid(proc.pid)
             raise
         state = {"url": url, "port": port, "pid": proc.pid, "version": LS_VERSION,
                  "files_root": str(self.files_root.resolve()), "started_at": time.time()}
@@ -331,39 +280,7 @@ class LocalServer:
         if state is None:
             path.unlink(missing_ok=True)
             return False
-        _stop_pid(int(state["pid"]), timeout)
+        stop_pid(int(state["pid"]), timeout)
         path.unlink(missing_ok=True)
         return True
 
-
-def _stop_pid(pid: int, timeout: float = 20.0) -> None:
-    proc = _SPAWNED.pop(pid, None)
-    if proc is not None:  # our own child: terminate and reap it through its Popen
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-            if done == pid:
-                return
-        except ChildProcessError:  # not our child: poll /proc
-            if not Path(f"/proc/{pid}").exists() or _zombie(pid):
-                return
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import importlib.resources
+import json
 import re
 import shutil
 from pathlib import Path
@@ -77,14 +78,11 @@ class InitReport(Report):
     remote: str
     remote_url: str
     commit: str
-    prefect_yaml: bool
 
     def lines(self) -> list[str]:
         lines = [f"created nucleate project {self.directory} (git + DVC, first commit {self.commit[:12]})",
                  f"images: {self.images}; gold masks: {self.gold_masks} (dvc.yaml vars)",
                  f"DVC remote {self.remote!r}: {self.remote_url}"]
-        if not self.prefect_yaml:
-            lines.append("no prefect.yaml template in this nucleate install; `nucleate serve` still works")
         lines.append(f"next: cd {self.directory} && dvc repro select (README.md says how a round runs)")
         return lines
 
@@ -119,6 +117,15 @@ def _expected(template: str, images: str, gold_masks: str) -> dict:
     return data
 
 
+def project_prefect_yaml(template: str, name: str) -> str:
+    """The repository's ``prefect.yaml`` with the project's folder name as the deployments' names (what
+    ``nucleate serve`` calls them too: ``open-round/<name>``, ...)."""
+    quoted = json.dumps(name)
+    out = [f"name: {quoted}" if line == "name: nucleate" else
+           (f"- name: {quoted}" if line == "- name: nucleate" else line) for line in template.splitlines()]
+    return "\n".join(out) + "\n"
+
+
 def project_dvc_yaml(template: str, *, images: str, gold_masks: str) -> str:
     """nucleate's ``dvc.yaml`` text for a project: code deps removed (a ``deps:`` left empty goes too), the
     ``images`` / ``gold_masks`` vars set, the header comment rewritten; every other line and comment kept."""
@@ -147,6 +154,22 @@ def project_dvc_yaml(template: str, *, images: str, gold_masks: str) -> str:
         raise ProjectError("dvc.yaml template: removing the code deps changed more than the deps (a nucleate bug; "
                            "please report it with your nucleate version)")
     return text
+
+
+def without_stage(text: str, name: str) -> str:
+    """``dvc.yaml`` text without stage ``name`` (its block of lines, comments included)."""
+    out, skip = [], False
+    for line in text.splitlines():
+        if re.match(r"^\S", line) or re.match(r"^  \S", line):
+            skip = line.startswith(f"  {name}:")
+        if not skip:
+            out.append(line)
+    result = "\n".join(out) + "\n"
+    want = yaml.safe_load(text)
+    want["stages"].pop(name)
+    if yaml.safe_load(result) != want:
+        raise ProjectError(f"dvc.yaml template: removing stage {name} changed more than that stage (a nucleate bug)")
+    return result
 
 
 def _readme(name: str, version: str, images: str, gold_masks: str, remote: str) -> str:
@@ -242,6 +265,8 @@ def init_project(directory: str | Path, *, images: str | Path | None = None, gol
     gold_dir = _data_path(None if gold_masks is None else Path(gold_masks), "--gold-masks", project,
                           SAMPLE["gold_masks"] if images is None else "gold_masks")
     dvc_yaml = project_dvc_yaml(template_text("dvc.yaml"), images=image_dir, gold_masks=gold_dir)
+    if images is not None:  # the lab's own images: the sample-data stage has nothing to do here
+        dvc_yaml = without_stage(dvc_yaml, "sample_data")
     files = {
         "dvc.yaml": dvc_yaml,
         "params.yaml": template_text("params.yaml"),
@@ -249,10 +274,7 @@ def init_project(directory: str | Path, *, images: str | Path | None = None, gol
         "storage/annotations/README.md": template_text("storage/annotations/README.md"),
         ".gitignore": GITIGNORE,
     }
-    try:
-        files["prefect.yaml"] = template_text("prefect.yaml")
-    except ProjectError:  # not in this install yet: the report says so
-        pass
+    files["prefect.yaml"] = project_prefect_yaml(template_text("prefect.yaml"), project.name)
     if gold_dir == "gold_masks":
         files["gold_masks/README.md"] = GOLD_README.format(images=image_dir)
     if remote is None:
@@ -276,13 +298,14 @@ def init_project(directory: str | Path, *, images: str | Path | None = None, gol
         for rel, text in files.items():
             (project / rel).parent.mkdir(parents=True, exist_ok=True)
             (project / rel).write_text(text, encoding="utf-8")
+        (project / "storage" / "annotations").chmod(0o700)  # exports name annotators (flows.ls_pull)
         name = lineage.ensure_remote(project, remote_url)
         sha = lineage.commit(project, ["."], f"nucleate init: new project (nucleate {version})")
     except BaseException:
         _undo(project, made_dir, Path(remote_url) if made_remote else None)
         raise
     return InitReport(directory=project, images=image_dir, gold_masks=gold_dir, remote=name, remote_url=remote_url,
-                      commit=sha or "", prefect_yaml="prefect.yaml" in files)
+                      commit=sha or "")
 
 
 def _undo(project: Path, made_dir: bool, remote: Path | None) -> None:

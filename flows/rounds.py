@@ -286,7 +286,9 @@ def commit_task(project: str, round: int, message: str) -> str | None:  # noqa: 
     root = Path(project)
     rel = Layout(Path("storage"))
     paths = ["dvc.lock", "dvc.yaml", "params.yaml", ".gitignore", str(rel.root / ".gitignore"),
-             str(rel.annotations / ".gitignore"), f"{rel.round_dir(round)}.dvc", str(rel.reports)]
+             str(rel.annotations / ".gitignore"), f"{rel.round_dir(round)}.dvc", str(rel.reports),
+             # the stages' metrics and plots (`cache: false` in dvc.yaml): git holds them
+             str(rel.points_report), str(rel.pseudomask_qc), str(rel.metrics), str(rel.plots)]
     sha = lineage.commit_round(root, round, [p for p in paths if (root / p).exists()], message)
     _done("commit")
     lineage.tag_round(root, round)

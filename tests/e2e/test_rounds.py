@@ -76,8 +76,8 @@ def servers(ls_template, copy_prefect_home, tmp_path_factory):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.local_service import free_port
-    from flows.ls_server import LocalServer
     from flows.prefect_server import PrefectServer
+
 
     base = tmp_path_factory.mktemp("servers")
     ls = copy_template(ls_template, base / "ls-data")

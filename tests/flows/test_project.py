@@ -49,7 +49,9 @@ def test_init_makes_a_clean_committed_project(project, sample_dir):
     assert dvc["vars"] == [{"images": str(sample_dir / "images")}, {"gold_masks": str(sample_dir / "masks")}]
     deps = [d for stage in dvc["stages"].values() for d in stage.get("deps", [])]
     assert deps and not [d for d in deps if d.split("/")[0] in CODE_DIRS]
-    assert set(dvc["stages"]) == set(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
+    # the lab's own images: every stage but sample_data
+    assert set(dvc["stages"]) == set(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]) - {"sample_data"}
+    assert "prefect.yaml" in tracked and '- name: "nuclei-lab"' in (project / "prefect.yaml").read_text()
     assert (project / "params.yaml").read_text() == (REPO / "params.yaml").read_text()
     check = CliRunner().invoke(app, ["params", "check", str(project / "params.yaml")])
     assert check.exit_code == 0 and check.output.strip().endswith("params.yaml: ok"), check.output

@@ -96,8 +96,9 @@ def _emit(**event: Any) -> None:
     print(EVENT + json.dumps(event), flush=True)
 
 
-def run_rounds(workspace: Path, rounds: int) -> None:
-    """Run ``rounds`` rounds in ``workspace`` (open -> simulated annotator -> close), one event line each step."""
+def run_rounds(workspace: Path, rounds: int, ground_truth: Path) -> None:
+    """Run ``rounds`` rounds in ``workspace`` (open -> simulated annotator clicking ``ground_truth`` points, a
+    points table -> close), one event line each step."""
     from flows.annotate_sim import annotate_sim
     from flows.rounds import Project, close_round, open_round
     from nucleate.io import read_table
@@ -109,7 +110,7 @@ def run_rounds(workspace: Path, rounds: int) -> None:
         _emit(round=r, phase="open", seconds=round(time.perf_counter() - t0, 1), tasks=opened["tasks"])
         t0 = time.perf_counter()
         proj = Project.load(workspace)
-        gt = read_table("points", proj.layout.sample / "points.parquet")
+        gt = read_table("points", ground_truth)
         with proj.adapter() as adapter:
             pid = adapter.find_project(proj.params.labelstudio.project_title)
             sim = annotate_sim(adapter, pid, gt, annotator=ANNOTATOR, params=proj.params.labelstudio,
@@ -123,48 +124,53 @@ def run_rounds(workspace: Path, rounds: int) -> None:
 
 # --- parent -----------------------------------------------------------------------------------------------------
 
-def _start_servers(workdir: Path, log) -> tuple[Any, Any]:
+def _start_servers(workdir: Path, log) -> tuple[Any, Any, list[Any]]:
+    """Label Studio (``workdir/ls-data``) and Prefect (``PREFECT_HOME``, default ``.prefect``), side by side;
+    also returns the ones this call started (the demo stops only those)."""
     from flows.ls_server import LocalServer
     from flows.prefect_server import PrefectServer
 
     ls = LocalServer(workdir / "ls-data")
-    prefect = PrefectServer()
+    prefect = PrefectServer(Path(os.environ.get("PREFECT_HOME", ".prefect")))
+    started = [s for s in (ls, prefect) if s.state() is None]
     errors: list[BaseException] = []
 
     def start_prefect() -> None:
         try:
-            prefect.up()
+            prefect.up(log=log)
         except BaseException as exc:  # noqa: BLE001 - re-raised below in the main thread
             errors.append(exc)
 
     thread = threading.Thread(target=start_prefect, daemon=True)
     thread.start()
-    ls.up(log=log)
-    thread.join()
+    try:
+        ls.up(log=log)
+    finally:
+        thread.join()
     if errors:
         raise errors[0]
-    return ls, prefect
+    return ls, prefect, started
 
 
-def _prepare_sample(checkout: Path) -> None:
+def _prepare_sample(checkout: Path, teacher_params) -> None:
     """storage/sample + manifest + teacher scores in this checkout (the teacher cache seeds both workspaces)."""
-    from nucleate.config import load_params
     from nucleate.io import LAYOUT
     from tasks import ingest, sample_data, teacher
 
-    params = load_params(checkout / "params.yaml")
     storage = checkout / LAYOUT.root
     if not (storage / "sample" / "points.parquet").is_file():
         sample_data.run(out=storage / "sample")
     ingest.run(folder=storage / "sample" / "images", manifest=storage / "manifest.parquet")
-    teacher.run(params.teacher, manifest=storage / "manifest.parquet", out=storage / "teacher_probs.parquet",
+    teacher.run(teacher_params, manifest=storage / "manifest.parquet", out=storage / "teacher_probs.parquet",
                 cache=storage / "teacher_cache")
 
 
 def _make_workspace(checkout: Path, path: Path, strategy: str, settings: dict[str, Any]) -> None:
+    """``nucleate init`` a workspace on the checkout's sample images, with the demo's params."""
     from flows.project import init_project
 
-    init_project(path)
+    sample = checkout / "storage" / "sample"
+    init_project(path, images=sample / "images", gold_masks=sample / "masks")
     params_path = path / "params.yaml"
     params = yaml.safe_load(params_path.read_text())
     for key, value in {"select.strategy": strategy,
@@ -173,6 +179,16 @@ def _make_workspace(checkout: Path, path: Path, strategy: str, settings: dict[st
     params_path.write_text(f"# nucleate demo workspace ({strategy}); settings: flows/demo.py\n"
                            + yaml.safe_dump(params, sort_keys=False))
     shutil.copytree(checkout / "storage" / "teacher_cache", path / "storage" / "teacher_cache", dirs_exist_ok=True)
+
+
+def _effective_params(checkout: Path, settings: dict[str, Any]):
+    """The checkout's params.yaml with the demo's settings: what the workspaces run with (validated)."""
+    from nucleate.config import params_from_dict
+
+    raw = yaml.safe_load((checkout / "params.yaml").read_text())
+    for key, value in settings.items():
+        _set(raw, key, value)
+    return params_from_dict(raw, source="params.yaml + demo settings")
 
 
 def _curve(workspace: Path) -> list[dict[str, str]]:
@@ -240,11 +256,14 @@ def demo_command(
     checkout = Path.cwd()
     try:
         overrides = _parse_sets(set_ or [])
-    except typer.BadParameter as exc:
-        fail(exc)
-    import torch
+        import torch
 
-    settings = {**COMMON_SETTINGS, **({} if torch.cuda.is_available() else CPU_SETTINGS), **overrides}
+        settings = {**COMMON_SETTINGS, **({} if torch.cuda.is_available() else CPU_SETTINGS), **overrides}
+        params = _effective_params(checkout, settings)
+    except FileNotFoundError:
+        fail(f"{checkout / 'params.yaml'}: not found; run the demo from the nucleate checkout (make demo)")
+    except (typer.BadParameter, ValueError) as exc:
+        fail(exc)
     timings: dict[str, Any] = {}
     workdir = workdir.resolve()
     for strategy in STRATEGIES:  # a previous demo's workspaces (never anything else) go
@@ -252,21 +271,25 @@ def demo_command(
         shutil.rmtree(workdir / f"{strategy}-dvc-remote", ignore_errors=True)
     workdir.mkdir(parents=True, exist_ok=True)
     ls = prefect = None
+    started: list[Any] = []
     try:
         with _phase(timings, "setup"):
-            holder: dict[str, Any] = {}
-            sample = threading.Thread(target=lambda: holder.setdefault("error", _try(_prepare_sample, checkout)))
+            errors: list[BaseException | None] = []
+            sample = threading.Thread(target=lambda: errors.append(_try(_prepare_sample, checkout, params.teacher)))
             sample.start()
-            ls, prefect = _start_servers(workdir, log=lambda line: typer.echo(f"[demo] {line}"))
-            sample.join()
-            if holder.get("error"):
-                raise holder["error"]
+            try:
+                ls, prefect, started = _start_servers(workdir, log=lambda line: typer.echo(f"[demo] {line}"))
+            finally:
+                sample.join()
+            if errors and errors[0] is not None:
+                raise errors[0]
         with _phase(timings, "workspaces"):
             for strategy in STRATEGIES:
                 _make_workspace(checkout, workdir / strategy, strategy, settings)
             _forget_projects(ls)
         with _phase(timings, "rounds"):
-            timings["per_round"] = _run_children(workdir, rounds, ls, prefect)
+            events = _run_children(workdir, rounds, checkout / "storage" / "sample" / "points.parquet", ls, prefect)
+            timings["steps"] = events
         with _phase(timings, "summary"):
             curves = {s: _curve(workdir / s) for s in STRATEGIES}
             for line in _table(curves):
@@ -277,20 +300,30 @@ def demo_command(
                    f"{workdir}/<strategy>/storage/reports/")
         typer.echo("final PCoreSet student: storage/model (try `nucleate predict --model storage/model "
                    "--images storage/sample/images --out storage/predictions`)")
-        typer.echo(f"Label Studio: {ls.state()['url']}/projects (log in with {workdir / 'ls-data'}/credentials.json)")
-        typer.echo(f"Prefect UI:   {prefect.url}")
+        pid = _project_id(ls, "pcoreset")
+        typer.echo(f"Label Studio: {ls.state()['url']}/projects/{pid}/data (log in with the e-mail and password in "
+                   f"{workdir / 'ls-data' / 'credentials.json'})")
+        typer.echo(f"Prefect UI:   {prefect.state()['url']}/runs")
     except Exception as exc:  # noqa: BLE001 - one line, then the servers are stopped
         fail(exc)
     finally:
         (workdir / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
         if not keep:
-            for server in (ls, prefect):
-                if server is not None:
-                    with contextlib.suppress(Exception):
-                        server.down()
-            if ls is not None:
-                typer.echo("servers stopped (`nucleate demo --keep` leaves them running; `nucleate ls up --data-dir "
-                           f"{workdir / 'ls-data'}` and `nucleate prefect up` bring them back with the demo's data)")
+            for server in started:
+                with contextlib.suppress(Exception):
+                    server.down()
+            if started:
+                typer.echo("[demo] servers stopped (`nucleate demo --keep` leaves them running; `nucleate ls up "
+                           f"--data-dir {workdir / 'ls-data'}` and `nucleate prefect up` bring them back with the "
+                           "demo's projects and runs)")
+
+
+def _project_id(ls, strategy: str) -> int:
+    from flows.ls_client import Adapter
+    from flows.ls_connection import resolve_connection
+
+    with Adapter(resolve_connection(ls.data_dir, env={}), retries=2) as adapter:
+        return adapter.find_project(f"nucleate demo {strategy}")
 
 
 def _try(fn, *args) -> BaseException | None:
@@ -312,7 +345,7 @@ def _forget_projects(ls) -> None:
                 adapter.delete_project(adapter.find_project(f"nucleate demo {strategy}"))
 
 
-def _run_children(workdir: Path, rounds: int, ls, prefect) -> dict[str, list[dict[str, Any]]]:
+def _run_children(workdir: Path, rounds: int, ground_truth: Path, ls, prefect) -> dict[str, list[dict[str, Any]]]:
     """Both workspaces' rounds in two processes; their events are printed as they come."""
     creds = ls.credentials()
     env = {**os.environ, "NUCLEATE_LS_URL": ls.state()["url"], "NUCLEATE_LS_TOKEN": creds["token"],
@@ -321,9 +354,8 @@ def _run_children(workdir: Path, rounds: int, ls, prefect) -> dict[str, list[dic
     procs = {}
     for strategy in STRATEGIES:
         log = open(workdir / f"{strategy}.log", "w")  # noqa: SIM115 - closed below
-        procs[strategy] = (subprocess.Popen([sys.executable, "-m", "flows.demo", str(workdir / strategy),
-                                             str(rounds)], stdout=subprocess.PIPE, stderr=log, text=True, env=env),
-                           log)
+        argv = [sys.executable, "-m", "flows.demo", str(workdir / strategy), str(rounds), str(ground_truth)]
+        procs[strategy] = (subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, env=env), log)
     events: dict[str, list[dict[str, Any]]] = {s: [] for s in STRATEGIES}
 
     def read(strategy: str) -> None:
@@ -360,4 +392,4 @@ if __name__ == "__main__":  # one workspace's rounds (the demo runs two of these
     from tasks._stage import setup_logging
 
     setup_logging()
-    run_rounds(Path(sys.argv[1]), int(sys.argv[2]))
+    run_rounds(Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]))

@@ -68,3 +68,41 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def sample_manifest(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """(manifest table, ground-truth points table) of the real sample images."""
+    from nucleate.io import read_table
+    from tasks import ingest
+
+    path = tmp_path_factory.mktemp("ls_manifest") / "manifest.parquet"
+    ingest.run(folder=sample_dir / "images", manifest=path)
+    return read_table("manifest", path), read_table("points", sample_dir / "points.parquet")
+
+
+@pytest.fixture(scope="session")
+def prefect_home_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A PREFECT_HOME whose SQLite database is migrated (the first start of a server: 10-35 s), made by a first
+    ``PrefectServer.up`` (what `nucleate prefect up` does), then stopped; tests copy it (``copy_prefect_home``)."""
+    from flows.local_service import free_port
+    from flows.prefect_server import PrefectServer
+
+    home = tmp_path_factory.mktemp("prefect_template") / "home"
+    server = PrefectServer(home)
+    server.up(port=free_port(), timeout=240)
+    assert server.down()
+    return home
+
+
+@pytest.fixture(scope="session")
+def copy_prefect_home(prefect_home_template: Path):
+    """``copy(dest) -> dest``: a copy of the template's migrated database (no state, no log) at ``dest``; a server
+    starts on it in a few seconds."""
+    import shutil
+
+    def copy(dest: Path) -> Path:
+        shutil.copytree(prefect_home_template, dest, ignore=shutil.ignore_patterns("server.json", "server.log"))
+        return dest
+
+    return copy

@@ -188,6 +188,14 @@ class Adapter:
             self._call("update project", self._ls.projects.update, id=project.id, **updates)
         return int(project.id)
 
+    def set_model_version(self, project_id: int, model_version: str) -> None:
+        """Make ``model_version`` the predictions the project's editor shows (and records on each annotation as
+        the prediction it started from). Label Studio accepts only a version some prediction of the project
+        has, so call it after importing them."""
+        project = self._call("get project", self._ls.projects.get, id=project_id)
+        if project.model_version != model_version:
+            self._call("update project", self._ls.projects.update, id=project_id, model_version=model_version)
+
     def delete_project(self, project_id: int) -> None:
         """Delete a project with its tasks and annotations (the demo's reset; never called by the rounds)."""
         self._call("delete project", self._ls.projects.delete, id=project_id)

@@ -260,16 +260,21 @@ def push_round(
 ) -> PushReport:
     """Push one round's selected ``image_ids`` into the project titled ``labelstudio.project_title`` (created
     with the ``labels`` config if missing): display copies under the connection's files root, the project's
-    local-files storage, then :func:`push`. ``root``: folder the manifest's paths are relative to (default:
+    local-files storage, then :func:`push`; with predictions, the project then shows ``model_version``'s.
+    ``root``: folder the manifest's paths are relative to (default:
     its ``root`` metadata). ``model_version`` defaults to ``round-NNN`` when there are predictions."""
     files_root = adapter.conn.files_root
     if files_root is None:
         raise ValueError("NUCLEATE_LS_FILES_ROOT is not set: point it at the server's LOCAL_FILES_DOCUMENT_ROOT "
                          "so images can be placed where Label Studio serves them")
     mv = model_version or (f"round-{int(round):03d}" if predictions is not None else None)
-    project = adapter.ensure_project(params.labelstudio.project_title, params.labels, model_version=mv)
+    project = adapter.ensure_project(params.labelstudio.project_title, params.labels)
     records = render_images(manifest, image_ids, files_root, root=root)
     adapter.ensure_storage(project, files_root / "images")
-    return push(adapter, project, [records[i] for i in image_ids], round=round, labels=params.labels,
-                marker_pct=params.labelstudio.point_radius_pct, predictions=predictions, model_version=mv,
-                inflight=inflight)
+    report = push(adapter, project, [records[i] for i in image_ids], round=round, labels=params.labels,
+                  marker_pct=params.labelstudio.point_radius_pct, predictions=predictions, model_version=mv,
+                  inflight=inflight)
+    # after the import (Label Studio accepts only a version that exists); tasks an interrupted push created count
+    if mv is not None and predictions is not None and (report.predictions or report.existing):
+        adapter.set_model_version(project, mv)
+    return report

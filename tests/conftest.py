@@ -106,3 +106,19 @@ def copy_prefect_home(prefect_home_template: Path):
         return dest
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def teacher_csv(sample_manifest, tmp_path_factory) -> Path:
+    """``file`` teacher probabilities for the sample images (the teacher is not under test here)."""
+    manifest, _ = sample_manifest
+    ids = manifest.column("image_id").to_pylist()
+    import numpy as np
+
+    probs = np.random.default_rng(0).dirichlet(np.ones(3), size=len(ids))
+    path = tmp_path_factory.mktemp("teacher") / "probs.csv"
+    classes = ("nucleus", "micronucleus", "background")
+    lines = ["image_id," + ",".join(classes)] + [f"{i}," + ",".join(f"{p:.6f}" for p in row)
+                                                 for i, row in zip(ids, probs, strict=True)]
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -24,7 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pytest
 import yaml
@@ -54,20 +53,6 @@ def _wait(what: str, check, timeout: float, every: float = 1.0):
 
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture(scope="module")
-def teacher_csv(sample_manifest, tmp_path_factory) -> Path:
-    """``file`` teacher probabilities for the sample images (the teacher is not under test here)."""
-    manifest, _ = sample_manifest
-    ids = manifest.column("image_id").to_pylist()
-    probs = np.random.default_rng(0).dirichlet(np.ones(3), size=len(ids))
-    path = tmp_path_factory.mktemp("teacher") / "probs.csv"
-    classes = ("nucleus", "micronucleus", "background")
-    lines = ["image_id," + ",".join(classes)] + [f"{i}," + ",".join(f"{p:.6f}" for p in row)
-                                                 for i, row in zip(ids, probs, strict=True)]
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -28,9 +28,11 @@ FLOWS = {"open-round": "flows.rounds.open_round", "close-round": "flows.rounds.c
 
 
 def _project(path: Path) -> Path:
-    """A project folder with the repository's params.yaml (the round flows read their params from it)."""
+    """A project folder with the repository's params.yaml and dvc.yaml (the round flows read their params from it;
+    with no round open, watch touches nothing else)."""
     path.mkdir(parents=True)
     shutil.copy(REPO / "params.yaml", path / "params.yaml")
+    shutil.copy(REPO / "dvc.yaml", path / "dvc.yaml")
     return path
 
 

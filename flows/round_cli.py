@@ -68,9 +68,10 @@ def _flow_errors() -> Iterator[None]:
 @round_app.command("open")
 def open_command(project: Path = _PROJECT) -> None:
     """Open the next round: select images, pre-annotate them with the student, push them to Label Studio."""
-    from flows.rounds import open_round
+    from flows.rounds import Project, open_round
 
     with _flow_errors():
+        Project.load(project)  # a bad folder or params file: one line before any flow starts
         result = open_round(str(project), wait=False)
     typer.echo(f"round {result['round']} is open: {result['tasks']} task(s) at {result['url']}")
     typer.echo("annotate them, then `nucleate round close` (or let `nucleate serve`'s watcher close it)")
@@ -82,9 +83,10 @@ def close_command(
     round: int = typer.Option(None, "--round", help="Round to close (default: the open one)."),  # noqa: A002
 ) -> None:
     """Close the round: pull the export, reproduce points -> ... -> evaluate, report, commit + tag round-NNN."""
-    from flows.rounds import close_round
+    from flows.rounds import Project, close_round
 
     with _flow_errors():
+        Project.load(project)  # a bad folder or params file: one line before any flow starts
         result = close_round(str(project), round)
     test = result.get("test")
     scores = f"; test Dice {test['dice']:.3f}, AJI {test['aji']:.3f}, PQ {test['pq']:.3f}" if test else ""
@@ -94,9 +96,10 @@ def close_command(
 @round_app.command("watch")
 def watch_command(project: Path = _PROJECT) -> None:
     """Check the open round once, as the scheduled watcher does (close it when params `rounds` says so)."""
-    from flows.rounds import watch
+    from flows.rounds import Project, watch
 
     with _flow_errors():
+        Project.load(project)  # a bad folder or params file: one line before any flow starts
         result = watch(str(project))
     typer.echo(f"watch: {result['action']}: {result['reason']}")
 

@@ -60,7 +60,7 @@ LOCK_FILE = ".nucleate.lock"
 #: test hook: the name of a step after which the flows raise :class:`InjectedFault` (crash-safety tests)
 FAULT_ENV = "NUCLEATE_FAULT_AFTER"
 #: states of a flow run that still owns its round (waiting or working)
-_ALIVE = {"SUSPENDED", "PAUSED", "RUNNING", "PENDING", "SCHEDULED", "CANCELLING"}
+_ALIVE = {"PAUSED", "RUNNING", "PENDING", "SCHEDULED", "CANCELLING"}  # a suspended run is PAUSED ("Suspended")
 
 
 class RoundError(RuntimeError):
@@ -311,7 +311,7 @@ def close_decision(progress: dict[str, int], pushed_at: str | None, rule: Rounds
         return False, "the round has no tasks in Label Studio"
     share = finished / total
     if share >= rule.min_finished_fraction:
-        return True, f"{finished}/{total} tasks finished (>= {rule.min_finished_fraction:g} of them)"
+        return True, f"{finished}/{total} tasks finished (at least {rule.min_finished_fraction:.0%} of them)"
     if rule.deadline_hours > 0 and pushed_at:
         due = datetime.fromisoformat(pushed_at.replace("Z", "+00:00")) + timedelta(hours=rule.deadline_hours)
         now = now or datetime.now(UTC)
@@ -319,9 +319,9 @@ def close_decision(progress: dict[str, int], pushed_at: str | None, rule: Rounds
             if finished == 0:
                 return False, f"deadline {due:%Y-%m-%d %H:%M} UTC passed but no task is finished yet"
             return True, f"deadline {due:%Y-%m-%d %H:%M} UTC passed with {finished}/{total} tasks finished"
-        return False, (f"{finished}/{total} tasks finished; waiting for {rule.min_finished_fraction:g} of them "
+        return False, (f"{finished}/{total} tasks finished; waiting for {rule.min_finished_fraction:.0%} of them "
                        f"or the deadline {due:%Y-%m-%d %H:%M} UTC")
-    return False, f"{finished}/{total} tasks finished; waiting for {rule.min_finished_fraction:g} of them"
+    return False, f"{finished}/{total} tasks finished; waiting for {rule.min_finished_fraction:.0%} of them"
 
 
 # --- flows --------------------------------------------------------------------------------------------------
@@ -455,7 +455,7 @@ def watch(project: str = ".") -> dict[str, Any]:
         return {"round": r, "action": "wait", "reason": why, "progress": progress}
     owner = ledger.get("flow_run_id")
     state = _run_state(owner)
-    if state in {"SUSPENDED", "PAUSED"}:
+    if state == "PAUSED":  # suspended (or paused) waiting for this round
         from prefect.flow_runs import resume_flow_run
 
         resume_flow_run(owner, run_input=RoundDone(round=r, reason=why).model_dump())

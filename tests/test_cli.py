@@ -23,7 +23,9 @@ ALL = sorted(_commands(typer.main.get_command(app)))
 
 
 def test_expected_commands_exist():
-    assert {("ingest",), ("sample-data",), ("summary",), ("params", "check")} <= set(ALL)
+    assert {("ingest",), ("sample-data",), ("summary",), ("params", "check"), ("init",), ("serve",), ("demo",),
+            ("round", "open"), ("round", "close"), ("round", "status"), ("round", "watch"), ("round", "checkout"),
+            ("prefect", "up"), ("prefect", "down"), ("prefect", "status")} <= set(ALL)
 
 
 @pytest.mark.parametrize("command", ALL, ids=" ".join)

@@ -209,7 +209,7 @@ def test_round_two_served_suspended_and_resumed_by_the_watcher(lab, servers, sam
             with get_client(sync_client=True) as client:
                 state = client.read_flow_run(run.id).state
             assert state.type.name not in {"FAILED", "CRASHED"}, (project.parent / "serve.log").read_text()[-3000:]
-            return ledger and ledger["round"] == 2 and ledger["status"] == "pushed" and state.type.name == "SUSPENDED"
+            return ledger and ledger["round"] == 2 and ledger["status"] == "pushed" and state.name == "Suspended"
         _wait("open-round to push round 2 and suspend", suspended, 240)
         sim = _annotate(project, 2, sample_dir)
         assert len(sim.annotated) == 3

@@ -404,6 +404,7 @@ def close_round(project: str = ".", round: int | None = None) -> dict[str, Any]:
         if round in lineage.closed_rounds(proj.root):
             log.info("round %d is already closed (tag %s)", round, lineage.round_tag(round))
             dvc_push_task(root)
+            _done("dvc_push")
             _clear_ledger(proj.layout, round)
             return {"round": round, "status": "closed", "commit": None}
         pulled = pull_task(root, round)

@@ -5,7 +5,8 @@ never committed to) and prints one JSON document: the machine (CPU count, load b
 (setup: servers + sample + teacher scores; workspaces: ``nucleate init`` x 2; rounds: both strategies side by
 side; summary), each strategy's open / annotate / close seconds per round, the sum of the two strategies' step
 times against the rounds phase's wall time (how much running the two workspaces side by side saved: the
-baseline is running them one after the other), and the final table (clicks vs test Dice / AJI / PQ).
+baseline is running them one after the other), and the final table (clicks vs test Dice / AJI / PQ). The demo's
+own output is kept in ``.demo/demo_output.txt``.
 
     .venv/bin/python benchmarks/bench_demo.py [--rounds 3] [-- extra demo args, e.g. --set train.epochs=2]
 """
@@ -35,6 +36,8 @@ def main() -> None:
     run = subprocess.run([str(nucleate), "demo", "--rounds", str(args.rounds), *args.extra], cwd=REPO,
                          capture_output=True, text=True)
     wall = time.perf_counter() - t0
+    (REPO / ".demo").mkdir(exist_ok=True)
+    (REPO / ".demo" / "demo_output.txt").write_text(run.stdout)  # what a user sees (README shows it)
     if run.returncode:
         sys.exit(f"demo failed (exit {run.returncode}): {run.stderr.strip().splitlines()[-1:]}")
     timings = json.loads((REPO / ".demo" / "timings.json").read_text())

@@ -58,6 +58,8 @@ def _digest(path: Path) -> str:
 @pytest.fixture(scope="module")
 def servers(ls_template, copy_prefect_home, tmp_path_factory):
     """A Label Studio and a Prefect server for the module; the environment points the flows at both."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.local_service import free_port
@@ -76,6 +78,10 @@ def servers(ls_template, copy_prefect_home, tmp_path_factory):
     try:
         with temporary_settings(updates={PREFECT_API_URL: prefect.api_url}):
             yield {"ls": ls, "prefect": prefect, "env": env}
+            # send what Prefect's background workers still hold while the server is up: left for later, they
+            # would keep retrying a stopped server (and hold up the next Prefect test harness)
+            APILogWorker.drain_all(timeout=30, at_exit=False)
+            EventsWorker.drain_all(timeout=30, at_exit=False)
     finally:
         for k, v in saved.items():
             if v is None:

@@ -14,7 +14,6 @@ own output is kept in ``.demo/demo_output.txt``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -23,6 +22,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tasks.evaluate import read_curve  # noqa: E402
 
 
 def main() -> None:
@@ -51,9 +53,9 @@ def main() -> None:
     sequential = sum(s["total_s"] for s in per_strategy.values())
     table = {}
     for strategy in per_strategy:
-        with open(REPO / ".demo" / strategy / "storage" / "plots" / "learning_curve.csv", newline="") as fh:
-            table[strategy] = [{k: row[k] for k in ("round", "images", "clicks", "test_dice", "test_aji", "test_pq")}
-                               for row in csv.DictReader(fh)]
+        rows, _ = read_curve(REPO / ".demo" / strategy / "storage" / "plots" / "learning_curve.csv")
+        table[strategy] = [{k: row[k] for k in ("round", "images", "clicks", "test_dice", "test_aji", "test_pq")}
+                           for row in rows]
     print(json.dumps({
         "machine": {"cpus": os.cpu_count(), "load_1min_before": round(load, 2)},
         "demo_wall_s": round(wall, 1),

@@ -23,7 +23,6 @@ params key in both workspaces (the tests run the demo with a tiny student this w
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import os
 import shutil
@@ -192,11 +191,9 @@ def _effective_params(checkout: Path, settings: dict[str, Any]):
 
 
 def _curve(workspace: Path) -> list[dict[str, str]]:
-    path = workspace / "storage" / "plots" / "learning_curve.csv"
-    if not path.is_file():
-        return []
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+    from tasks.evaluate import read_curve
+
+    return read_curve(workspace / "storage" / "plots" / "learning_curve.csv")[0]
 
 
 def _table(curves: dict[str, list[dict[str, str]]]) -> list[str]:

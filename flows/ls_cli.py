@@ -16,7 +16,6 @@ import os
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import typer
 
 from flows.ls_server import DEFAULT_DATA_DIR, LS_VERSION, LocalServer, ServerError, health
@@ -108,18 +107,6 @@ def status(data_dir: Path = _DATA) -> None:
         raise typer.Exit(1)
 
 
-def _selection_round(selection: pa.Table, round: int | None) -> tuple[int, list[str]]:  # noqa: A002
-    rounds = selection.column("round").to_pylist()
-    if not rounds:
-        raise ValueError("the selection table is empty: nothing to push")
-    r = max(rounds) if round is None else round
-    rows = selection.filter(pc.equal(selection.column("round"), r))
-    if not rows.num_rows:
-        raise ValueError(f"the selection has no rows for round {r} (rounds present: {sorted(set(rounds))})")
-    order = rows.sort_by("rank") if "rank" in rows.column_names else rows
-    return r, order.column("image_id").to_pylist()
-
-
 def _read_predictions(path: Path) -> pa.Table:
     """A predictions table: a points table, or any Parquet file with image_id, x, y, label[, score]."""
     import pyarrow.parquet as pq
@@ -144,12 +131,12 @@ def push(
     data_dir: Path = _DATA,
 ) -> None:
     """Push the selected images as Label Studio tasks (idempotent) and record them in the in-flight table."""
-    from flows.ls_push import push_round
+    from flows.ls_push import push_round, selection_round
 
     params = load_params_or_exit(params_path)
     with _ls_errors():
         sel = read_table("selection", LAYOUT.require("selection", selection))
-        r, image_ids = _selection_round(sel, round)
+        r, image_ids = selection_round(sel, round)
         man = read_table("manifest", LAYOUT.require("manifest", manifest))
         preds = _read_predictions(predictions) if predictions else None
         conn, adapter = _adapter(params, data_dir)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from PIL import Image
 
 from flows.ls_client import Adapter
@@ -35,6 +36,7 @@ __all__ = [
     "push",
     "push_round",
     "render_images",
+    "selection_round",
     "task_json",
     "update_inflight",
 ]
@@ -278,3 +280,16 @@ def push_round(
     if mv is not None and predictions is not None and (report.predictions or report.existing):
         adapter.set_model_version(project, mv)
     return report
+
+
+def selection_round(selection: pa.Table, round: int | None) -> tuple[int, list[str]]:  # noqa: A002
+    """Round ``round`` of a selection table (default: its latest) and its image ids in rank order."""
+    rounds = selection.column("round").to_pylist()
+    if not rounds:
+        raise ValueError("the selection table is empty: nothing to push")
+    r = max(rounds) if round is None else round
+    rows = selection.filter(pc.equal(selection.column("round"), r))
+    if not rows.num_rows:
+        raise ValueError(f"the selection has no rows for round {r} (rounds present: {sorted(set(rounds))})")
+    order = rows.sort_by("rank") if "rank" in rows.column_names else rows
+    return r, order.column("image_id").to_pylist()

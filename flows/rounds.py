@@ -208,9 +208,9 @@ def _retry_network(task, task_run, state) -> bool:  # noqa: ARG001 - Prefect's r
 
 
 def _selection_round(layout: Layout) -> tuple[int, list[str]]:
-    from flows.ls_cli import _selection_round as latest
+    from flows.ls_push import selection_round
 
-    return latest(read_table("selection", layout.require("selection")), None)
+    return selection_round(read_table("selection", layout.require("selection")), None)
 
 
 # --- tasks --------------------------------------------------------------------------------------------------

@@ -357,8 +357,10 @@ def _run_children(workdir: Path, rounds: int, ground_truth: Path, ls, prefect) -
 
     def read(strategy: str) -> None:
         proc = procs[strategy][0]
-        for line in proc.stdout:
-            if line.startswith(EVENT):
+        with proc.stdout:  # the pipe is closed once the child is done (no unclosed-file warning at exit)
+            for line in proc.stdout:
+                if not line.startswith(EVENT):
+                    continue
                 ev = json.loads(line[len(EVENT):])
                 events[strategy].append(ev)
                 extra = {"open": lambda e: f"{e['tasks']} tasks pushed",

@@ -12,8 +12,9 @@ reports its maximum (max is exact, so any evaluation order gives the same value)
 holding the overall maximum is found with a strict ``>`` in block order, and the first row holding that value in
 that block is the answer: the lowest index among ties, whatever the number of threads. Inside a block the classes
 are the outer loop and the rows the inner one (contiguous in the (D, N) layout; independent lanes, so it vectorises
-without changing any row's summation order); the per-block accumulator is ``BLOCK`` float32; the last class is
-fused with the running minimum.
+without changing any row's summation order); the per-block accumulator is ``BLOCK`` float32, updated by 8
+classes per sweep (each added in turn, so the rounding is unchanged); the last class is fused with the running
+minimum.
 
 Compiled on first use and cached on disk (``cache=True``: next to this file, or numba's user-wide cache
 directory when that is not writable; ``NUMBA_CACHE_DIR`` overrides).
@@ -68,32 +69,49 @@ def update_argmax(cols, centre, mind, block):
         stop = min(n, start + block)
         m = stop - start
         mm = mind[start:stop]
-        if d == 1:
-            col = cols[0, start:stop]
-            c0 = centre[0]
+        acc = np.empty(m, np.float32)
+        col = cols[0, start:stop]
+        c0 = centre[0]
+        for i in range(m):
+            t = col[i] - c0
+            acc[i] = t * t
+        j = 1
+        while j + 8 <= d - 1:  # 8 classes per sweep over acc, added one after another (same rounding)
+            c1, c2, c3, c4 = centre[j], centre[j + 1], centre[j + 2], centre[j + 3]
+            c5, c6, c7, c8 = centre[j + 4], centre[j + 5], centre[j + 6], centre[j + 7]
+            x1, x2, x3, x4 = (cols[j, start:stop], cols[j + 1, start:stop], cols[j + 2, start:stop],
+                              cols[j + 3, start:stop])
+            x5, x6, x7, x8 = (cols[j + 4, start:stop], cols[j + 5, start:stop], cols[j + 6, start:stop],
+                              cols[j + 7, start:stop])
             for i in range(m):
-                t = col[i] - c0
-                a = t * t
-                v = mm[i]
-                mm[i] = a if a < v else v
-        else:
-            acc = np.empty(m, np.float32)
-            col = cols[0, start:stop]
-            c0 = centre[0]
-            for i in range(m):
-                t = col[i] - c0
-                acc[i] = t * t
-            for j in range(1, d - 1):
-                cj = centre[j]
-                col = cols[j, start:stop]
+                t1, t2, t3, t4 = x1[i] - c1, x2[i] - c2, x3[i] - c3, x4[i] - c4
+                t5, t6, t7, t8 = x5[i] - c5, x6[i] - c6, x7[i] - c7, x8[i] - c8
+                a = acc[i] + t1 * t1
+                a = a + t2 * t2
+                a = a + t3 * t3
+                a = a + t4 * t4
+                a = a + t5 * t5
+                a = a + t6 * t6
+                a = a + t7 * t7
+                acc[i] = a + t8 * t8
+            j += 8
+        while j < d:  # the remaining classes; the last one fused with the running minimum when D > 1
+            cj = centre[j]
+            col = cols[j, start:stop]
+            if j < d - 1:
                 for i in range(m):
                     t = col[i] - cj
                     acc[i] = acc[i] + t * t
-            cj = centre[d - 1]
-            col = cols[d - 1, start:stop]
-            for i in range(m):  # last class fused with the running minimum (np.minimum on finite values)
-                t = col[i] - cj
-                a = acc[i] + t * t
+            else:
+                for i in range(m):
+                    t = col[i] - cj
+                    a = acc[i] + t * t
+                    v = mm[i]
+                    mm[i] = a if a < v else v  # np.minimum on non-NaN values
+            j += 1
+        if d == 1:
+            for i in range(m):
+                a = acc[i]
                 v = mm[i]
                 mm[i] = a if a < v else v
         bmax[b] = _block_max(mm)

@@ -197,8 +197,12 @@ def _run_numba(cols, budget, labeled, centre0, _device):
     """Same picks as :func:`_run_numpy`: each pass also returns the argmax of the updated minima.
 
     The kernel's min / max / argmax follow numpy only for non-NaN distances, so the rows are checked to be finite
-    first (one chunked pass; finite rows give finite or +inf distances, never NaN)."""
-    from nucleate.selection._kcenter_numba import BLOCK, update_argmax
+    first (one chunked pass; finite rows give finite or +inf distances, never NaN). Threads: numba's setting
+    (``NUMBA_NUM_THREADS``, default all cores), at most one per block of rows (a pool smaller than one block runs
+    on the calling thread: no wake-ups of idle threads for each pick)."""
+    import numba
+
+    from nucleate.selection._kcenter_numba import BLOCK
 
     n = cols.shape[1]
     step = _convert_rows(cols.shape[0])
@@ -206,6 +210,18 @@ def _run_numba(cols, budget, labeled, centre0, _device):
         finite = np.isfinite(cols[:, start:start + step]).all(axis=0)
         if not finite.all():
             raise ValueError(f"row {start + int(np.argmin(finite))} is not finite; k-center needs finite rows")
+    threads = numba.get_num_threads()  # a per-thread setting: restored below
+    numba.set_num_threads(min(threads, -(-n // BLOCK)))
+    try:
+        return _numba_passes(cols, budget, labeled, centre0)
+    finally:
+        numba.set_num_threads(threads)
+
+
+def _numba_passes(cols, budget, labeled, centre0):
+    from nucleate.selection._kcenter_numba import BLOCK, update_argmax
+
+    n = cols.shape[1]
     mind = np.full(n, np.inf, dtype=np.float32)
     mind[labeled] = -1.0
     picks = np.empty(budget, np.int64)

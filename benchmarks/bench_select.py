@@ -25,9 +25,10 @@ Peak memory: VmHWM of the subprocess, reset (``/proc/self/clear_refs``) after th
 k-center backends with ``blas``: the plain BLAS formulation of the same incremental update
 (``|p|² − 2 p·c + |c|²`` with one float32 matrix-vector product per pick on the same Fortran-ordered array, then
 ``np.minimum`` into the running minima and ``np.argmax``; row norms computed once). ``blas`` runs first and last
-(the machine is shared: the two runs bracket the others) and the ratios are against their mean. It also measures
-numba's first-call cost in fresh subprocesses: with an empty cache (``compile_s``: import + JIT compile + writing the
-cache) and then with that cache (``cached_first_call_s``). Picks are compared by digest with the numpy backend.
+(the machine is shared: the two runs bracket the others) and the ratios are against their mean. Also
+``numba_1thread`` (``NUMBA_NUM_THREADS=1``: on a shared machine a 2-thread pass waits for its slower thread at every
+pick) and numba's first-call cost in fresh subprocesses: with an empty cache (``compile_s``: JIT compile + writing
+the cache) and then with that cache (``cached_first_call_s``). Picks are compared by digest with the numpy backend.
 
 Usage: ``python benchmarks/bench_select.py [--sizes 10000,100000,1000000] [--classes 10,50] [--k 1000]``;
 ``nice python benchmarks/bench_select.py --vs-blas > benchmarks/results/bench_select_vs_blas.json`` (≈ 4 min on the
@@ -320,7 +321,10 @@ def vs_blas(args) -> None:
     for n in map(int, sizes.split(",")):
         for c in map(int, classes.split(",")):
             rows = [_run_one(n, c, impl, args)
-                    for impl in ("blas", "pcoreset", "pcoreset_numba", "pcoreset_torch_cpu", "blas")]
+                    for impl in ("blas", "pcoreset", "pcoreset_numba", "pcoreset_torch_cpu")]
+            one_thread = _run_one(n, c, "pcoreset_numba", args, {**os.environ, "NUMBA_NUM_THREADS": "1"})
+            one_thread["impl"] = "pcoreset_numba_1thread"
+            rows += [one_thread, _run_one(n, c, "blas", args)]
             results += rows
             blas = (rows[0]["wall_s"] + rows[-1]["wall_s"]) / 2
             ref = rows[1]["picks_sha"]
@@ -328,9 +332,11 @@ def vs_blas(args) -> None:
                      "blas_mean_s": round(blas, 3)}
             for row in rows[1:-1]:
                 name = row["impl"].removeprefix("pcoreset_") if row["impl"] != "pcoreset" else "numpy"
+                threads = {"numba_threads": row["numba_threads"]} if "numba_threads" in row else {}
                 entry[name] = {"wall_s": row["wall_s"], "cpu_s": row["cpu_s"], "x_blas": round(row["wall_s"] / blas, 2),
                                "same_picks_as_numpy": row["picks_sha"] == ref,
-                               "peak_extra_mib": row["peak_extra_mib"], "load_avg_1min": row["load_avg_1min"]}
+                               "peak_extra_mib": row["peak_extra_mib"], "load_avg_1min": row["load_avg_1min"],
+                               **threads}
             entry["blas_same_picks_as_numpy"] = rows[0]["picks_sha"] == ref
             entry["blas_peak_extra_mib"] = rows[0]["peak_extra_mib"]
             entry["numba_target_x_blas"] = 1.4

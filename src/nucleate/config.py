@@ -86,7 +86,7 @@ class SelectParams:
     )
     budget: int = _f(5, min=1)  # images sent to annotators per round
     space: str = _f("teacher", choices=("teacher", "student"))  # whose probabilities are covered
-    device: str = _f("auto", choices=("auto", "cpu", "cuda"))  # k-center on CUDA (torch) when available
+    device: str = _f("auto", choices=("auto", "cpu", "cuda"))  # k-center: torch on CUDA when available, else numba
     # coreset / badge need the student's features table; true lets them use the probability rows instead
     probs_as_features: bool = _f(False)
 

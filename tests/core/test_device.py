@@ -34,9 +34,9 @@ def test_auto_with_cuda_is_cuda(monkeypatch):
     assert resolve_device("cuda:1") == torch.device("cuda", 1)
     with pytest.raises(DeviceError, match=r"torch sees 2 CUDA device\(s\) \(cuda:0 \.\. cuda:1\)"):
         resolve_device("cuda:2")
-    # the k-center backend follows the same rule: auto -> torch on CUDA, cpu -> numpy
+    # the k-center backend follows the same rule: auto -> torch on CUDA, cpu -> numba
     assert resolve_backend("auto", None) == ("torch", "cuda")
-    assert resolve_backend("auto", "cpu") == ("numpy", None)
+    assert resolve_backend("auto", "cpu") == ("numba", None)
     assert resolve_backend("torch", "cuda") == ("torch", "cuda")
 
 
@@ -51,7 +51,7 @@ def test_callers_share_the_rule():
     """kcenter (the selection API) and the pixel teachers raise the resolver's error, naming their setting."""
     from nucleate.selection import select
 
-    assert resolve_backend("auto", None) == ("numpy", None)
+    assert resolve_backend("auto", None) == ("numba", None)
     assert resolve_backend("torch", None) == ("torch", "cpu")
     with pytest.raises(DeviceError, match="^device is 'cuda' but torch sees no CUDA device"):
         select("pcoreset", np.eye(3), budget=1, backend="torch", device="cuda")

@@ -118,5 +118,5 @@ def test_bad_seed(seed):
 
 
 def test_bad_backend_is_named():
-    with pytest.raises(ValueError, match="backend must be one of numpy, torch, auto, got 'jax'"):
+    with pytest.raises(ValueError, match="backend must be one of numpy, numba, torch, auto, got 'jax'"):
         select("pcoreset", _probs(), budget=1, backend="jax")

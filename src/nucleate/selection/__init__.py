@@ -12,7 +12,7 @@ indices in pick order. Strategies: see :mod:`nucleate.selection.strategies` (``p
 of the pipeline). Bad input raises ``ValueError`` naming the first bad row and its value.
 
 Two keyword arguments beyond the DESIGN signature choose where the k-center strategies run:
-``backend`` (``numpy`` default, ``torch``, or ``auto`` = torch when ``device`` resolves to CUDA, else numpy)
+``backend`` (``numpy`` default, ``numba``, ``torch``, or ``auto`` = torch when ``device`` resolves to CUDA, else numba)
 and ``device`` (``auto``/``cpu``/``cuda``, resolved by :func:`nucleate.device.resolve_device`). Every
 backend returns the same picks (see :mod:`nucleate.selection.kcenter`).
 

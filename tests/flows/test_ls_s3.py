@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -17,9 +18,10 @@ from flows.ls_client import Adapter
 from flows.ls_connection import LabelStudioError, resolve_connection
 from flows.ls_pull import pull
 from flows.ls_push import load_inflight, push_round
+from flows.ls_server import server_env
 from flows.s3 import S3Error, s3_location
 from nucleate.annotations import keypoint_results
-from nucleate.config import Params, params_from_dict
+from nucleate.config import Params, ParamsError, params_from_dict
 from nucleate.io import read_table, write_table
 from tasks import points as points_stage
 
@@ -30,6 +32,29 @@ def s3_params(bucket: str = BUCKET, presign: bool = False) -> Params:
     return params_from_dict({"labels": ["nucleus", "micronucleus"], "labelstudio": {
         "project_title": "nucleate s3", "image_storage": "s3", "s3_bucket": bucket, "s3_prefix": PREFIX,
         "s3_presign": presign}})
+
+
+def test_s3_settings_come_from_params_and_the_environment_only():
+    env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9000", "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
+           "AWS_SECRET_ACCESS_KEY": "s3cr3t-value", "AWS_DEFAULT_REGION": "eu-west-3"}
+    loc = s3_location(BUCKET, "/lab/images/", env)
+    assert (loc.bucket, loc.prefix, loc.endpoint, loc.region) == (BUCKET, PREFIX, "http://127.0.0.1:9000", "eu-west-3")
+    assert loc.uri("a.png") == f"s3://{BUCKET}/{PREFIX}/a.png" and loc.secret_access_key.reveal() == "s3cr3t-value"
+    assert "s3cr3t-value" not in repr(loc) + loc.where()
+    with pytest.raises(ValueError, match=r"labelstudio.s3_bucket is empty: set it in params.yaml"):
+        s3_location("", PREFIX, env)
+    with pytest.raises(ParamsError, match=r"labelstudio.image_storage: .*s3"):
+        params_from_dict({"labelstudio": {"image_storage": "gcs"}})
+    assert Params().labelstudio.image_storage == "local" and Params().labelstudio.s3_presign is False
+
+
+def test_the_local_server_lets_label_studio_reach_a_private_s3_endpoint():
+    def ssrf(endpoint):
+        base = {"AWS_ENDPOINT_URL": endpoint} if endpoint else {}
+        return server_env(Path("d"), Path("f"), email="e", password="p", token="t", base=base).get(
+            "SSRF_PROTECTION_ENABLED")
+    assert ssrf("http://127.0.0.1:9000") == ssrf("http://10.1.2.3:9000") == "false"   # moto here, a lab's MinIO
+    assert ssrf("https://8.8.8.8") is None and ssrf(None) is None                       # AWS itself: guard stays on
 
 
 @pytest.mark.slow

@@ -12,14 +12,17 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
+from typer.testing import CliRunner
 
+from flows.cli import app
 from flows.ls_client import Adapter
 from flows.ls_connection import LabelStudioError, resolve_connection
 from flows.ls_pull import pull
 from flows.ls_push import load_inflight, push_round
 from flows.ls_server import server_env
-from flows.s3 import S3Error, s3_location
+from flows.s3 import s3_location
 from nucleate.annotations import keypoint_results
 from nucleate.config import Params, ParamsError, params_from_dict
 from nucleate.io import read_table, write_table
@@ -111,16 +114,22 @@ def test_s3_images_are_pushed_resolved_for_the_browser_and_pulled_in_pixels(s3_e
         assert {p["image_id"] for p in points} == {image_id}
         np.testing.assert_allclose(sorted((p["x"], p["y"]) for p in points), sorted(map(tuple, xy)), atol=1e-6)
 
-        # wrong S3 credentials: one line naming the bucket and the fix, no secret; nothing created or recorded
+        # wrong S3 credentials: `nucleate ls push` prints one line naming the bucket and the fix, no secret, and
+        # creates or records nothing
         wrong = "wrong" + s3_env.secret[5:]
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", wrong)
-        more = rounds.pick(3)[2:]
         before = load_inflight(inflight).to_pylist()
-        with pytest.raises(S3Error) as info:
-            push_round(adapter, params, rounds.manifest, more, round=2, inflight=inflight)
-        message = str(info.value)
-        assert "\n" not in message and f"s3://{BUCKET}/{PREFIX}" in message and "AWS_SECRET_ACCESS_KEY" in message
-        assert "credentials were rejected" in message and wrong not in message
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(dataclasses.asdict(params)))
+        write_table("selection", {"round": [2], "rank": [0], "image_id": rounds.pick(3)[2:],
+                                  "strategy": ["random"], "min_distance": [0.0]}, tmp_path / "selection.parquet")
+        result = CliRunner().invoke(app, ["ls", "push", "--selection", str(tmp_path / "selection.parquet"),
+                                          "--manifest", str(tmp_path / "manifest.parquet"), "--inflight",
+                                          str(inflight), "--params", str(tmp_path / "params.yaml"),
+                                          "--data-dir", str(ls_server.data_dir)])
+        message = result.output.strip()
+        assert result.exit_code == 1 and message.startswith("error: S3 ") and "\n" not in message, result.output
+        assert f"s3://{BUCKET}/{PREFIX}" in message and "credentials were rejected" in message
+        assert "AWS_SECRET_ACCESS_KEY" in message and wrong not in message
         assert len(adapter.tasks(pid)) == 2 and load_inflight(inflight).to_pylist() == before
         with pytest.raises(LabelStudioError) as info:                  # Label Studio refuses the wrong key too
             adapter.ensure_s3_storage(pid, s3_location(BUCKET, PREFIX))

@@ -253,7 +253,8 @@ def ensure_remote(cwd: str | os.PathLike, url: str, name: str = "storage") -> st
     """Make ``url`` the project's default DVC remote ``name`` unless it has a default remote already; returns the
     default remote's name. A local folder (a path; relative = to the project) is created; ``s3://bucket/path``
     needs ``pip install 'nucleate[s3]'`` (dvc-s3) to push, and its credentials go to ``.dvc/config.local``
-    (``dvc remote modify --local NAME access_key_id ...``) or the usual AWS environment, never to git."""
+    (``dvc remote modify --local NAME access_key_id ...``) or the usual AWS environment (``AWS_ACCESS_KEY_ID``,
+    ``AWS_SECRET_ACCESS_KEY``; ``AWS_ENDPOINT_URL`` for MinIO or another S3 server), never to git."""
     config = _config(cwd)
     if config["core"].get("remote"):
         return config["core"]["remote"]

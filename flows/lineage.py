@@ -38,6 +38,7 @@ __all__ = [
     "ensure_remote",
     "init_repo",
     "is_repo",
+    "pull",
     "push",
     "repro",
     "round_tag",
@@ -190,12 +191,47 @@ def push(cwd: str | os.PathLike, log: logging.Logger | None = None) -> bool:
         (log or _LOG).warning(f"dvc push skipped: {cwd} has no default DVC remote; add one with "
                               "`dvc remote add -d storage URL` (a folder outside the project, or s3://bucket/path)")
         return False
-    result = dvc(["push"], cwd, log)
-    if result.returncode:
-        line = _failure(result.stdout)
-        raise LineageError(f"`dvc push` to remote {remote!r} failed: {line}; fix the remote (`dvc remote list`, "
-                           "`dvc remote modify`) and run `dvc push` again")
+    _transfer("push", remote, cwd, log)
     return True
+
+
+def pull(cwd: str | os.PathLike, log: logging.Logger | None = None) -> bool:
+    """``dvc pull`` from the default remote: the cache and workspace get what ``dvc.lock`` / ``.dvc`` files pin.
+    False (and one warning line) when the project has no default remote."""
+    remote = default_remote(cwd)
+    if remote is None:
+        (log or _LOG).warning(f"dvc pull skipped: {cwd} has no default DVC remote; add the one the rounds were "
+                              "pushed to with `dvc remote add -d storage URL`")
+        return False
+    _transfer("pull", remote, cwd, log)
+    return True
+
+
+#: what an object store says when the credentials are wrong (S3 error codes, HTTP 403, botocore's words)
+_DENIED = re.compile(r"\b(InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|Forbidden|InvalidToken|ExpiredToken|"
+                     r"InvalidClientTokenId|NoCredentialsError)\b|\(403\)|Unable to locate credentials")
+
+
+def _transfer(what: str, remote: str, cwd: str | os.PathLike, log: logging.Logger | None) -> None:
+    """``dvc push`` / ``dvc pull``; a failure is one :class:`LineageError` line naming the remote and the fix.
+
+    A failed transfer changes nothing already there: push only adds objects to the remote, pull only adds to the
+    cache and then checks out what it has. The secrets dvc was given are never in the message: dvc-s3 reads them
+    from ``.dvc/config.local`` or the environment and its error lines name only the key id, if anything."""
+    result = dvc([what], cwd, log)
+    if not result.returncode:
+        return
+    line = _failure(result.stdout)
+    url = str(_config(cwd)["remote"].get(remote, {}).get("url", ""))
+    where = f"remote {remote!r} ({url})" if url else f"remote {remote!r}"
+    direction = "to" if what == "push" else "from"
+    if _DENIED.search(result.stdout):
+        raise LineageError(
+            f"`dvc {what}` {direction} {where} failed: the object store rejected the credentials; set "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for MinIO / another S3 server) in "
+            f"the environment, or `dvc remote modify --local {remote} access_key_id ...`, then run `dvc {what}` again")
+    raise LineageError(f"`dvc {what}` {direction} {where} failed: {line}; fix the remote "
+                       f"(`dvc remote list`, `dvc remote modify`) and run `dvc {what}` again")
 
 
 def status_clean(cwd: str | os.PathLike) -> bool:
@@ -217,7 +253,8 @@ def ensure_remote(cwd: str | os.PathLike, url: str, name: str = "storage") -> st
     """Make ``url`` the project's default DVC remote ``name`` unless it has a default remote already; returns the
     default remote's name. A local folder (a path; relative = to the project) is created; ``s3://bucket/path``
     needs ``pip install 'nucleate[s3]'`` (dvc-s3) to push, and its credentials go to ``.dvc/config.local``
-    (``dvc remote modify --local NAME access_key_id ...``) or the usual AWS environment, never to git."""
+    (``dvc remote modify --local NAME access_key_id ...``) or the usual AWS environment (``AWS_ACCESS_KEY_ID``,
+    ``AWS_SECRET_ACCESS_KEY``; ``AWS_ENDPOINT_URL`` for MinIO or another S3 server), never to git."""
     config = _config(cwd)
     if config["core"].get("remote"):
         return config["core"]["remote"]

@@ -44,8 +44,9 @@ def _adapter(params: Params, data_dir: Path):
 def _ls_errors():
     """Expected failures (server, token, tables, missing files) -> one ``error:`` line and exit 1."""
     from flows.ls_connection import LabelStudioError
+    from flows.s3 import S3Error
 
-    with stage_errors(LabelStudioError, ServerError):
+    with stage_errors(LabelStudioError, ServerError, S3Error):
         yield
 
 

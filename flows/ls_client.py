@@ -33,6 +33,7 @@ from flows.ls_connection import (
     TokenRejected,
     UncertainOutcome,
 )
+from flows.s3 import S3Location
 from nucleate.annotations.labelstudio import labeling_config, task_progress
 
 __all__ = ["Adapter", "ExportPage"]
@@ -217,6 +218,47 @@ class Adapter:
                 return int(st.id)
         st = self._call("create storage", self._ls.import_storage.local.create, project=project_id, path=path,
                         title="nucleate images", use_blob_urls=True, idempotent=False)
+        return int(st.id)
+
+    def ensure_s3_storage(self, project_id: int, loc: S3Location, *, presign: bool = False) -> int:
+        """Connect the project to S3 source storage ``loc`` (bucket, prefix, endpoint, key: :mod:`flows.s3`), which
+        lets Label Studio resolve the ``s3://`` image URIs of its tasks for the browser: with ``presign`` False it
+        streams the object itself (``/tasks/<id>/resolve/?fileuri=...``: browsers need to reach only Label
+        Studio), with True it redirects to a presigned S3 URL. Idempotent; an existing storage of the same bucket
+        and prefix gets the current key and settings (a rotated key takes effect).
+
+        The storage only resolves URLs: it is not synchronizable (tasks come from push, one per image with its
+        ``image_id``; a sync would add duplicates without one) and its regex filter admits only the display PNGs.
+        Label Studio keeps the key in its database and never returns it; it must have the prefix's objects already
+        (it lists them to check the connection), so upload first.
+        """
+        settings: dict[str, Any] = {
+            "bucket": loc.bucket, "prefix": loc.prefix, "regex_filter": r".*\.png$", "use_blob_urls": True,
+            "presign": presign, "presign_ttl": 15, "recursive_scan": False, "synchronizable": False,
+            "title": "nucleate images (S3)", "region_name": loc.region,
+        }
+        if loc.endpoint:
+            settings["s3endpoint"] = loc.endpoint
+        if loc.access_key_id:
+            settings["aws_access_key_id"] = loc.access_key_id
+        if loc.secret_access_key:
+            settings["aws_secret_access_key"] = loc.secret_access_key.reveal()
+        if loc.session_token:
+            settings["aws_session_token"] = loc.session_token.reveal()
+        secrets = [s.reveal() for s in (loc.secret_access_key, loc.session_token) if s]
+        try:
+            for st in self._call("list S3 storages", self._ls.import_storage.s3.list, project=project_id):
+                if st.bucket == loc.bucket and (st.prefix or "") == loc.prefix:
+                    self._call(f"update S3 storage {loc.where()}", self._ls.import_storage.s3.update, id=st.id,
+                               **settings)
+                    return int(st.id)
+            st = self._call(f"connect S3 storage {loc.where()}", self._ls.import_storage.s3.create,
+                            project=project_id, idempotent=False, **settings)
+        except LabelStudioError as exc:  # the server's detail never echoes the key, but make sure
+            message = str(exc)
+            for secret in secrets:
+                message = message.replace(secret, "********")
+            raise type(exc)(message) from None
         return int(st.id)
 
     # -- tasks ------------------------------------------------------------------------------------

@@ -10,6 +10,9 @@ recorded. Images that already were tasks are recorded too when missing. ``nuclea
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import tempfile
 import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +27,7 @@ from PIL import Image
 
 from flows.ls_client import Adapter
 from flows.ls_connection import UncertainOutcome
+from flows.s3 import S3Location, s3_location, upload_files
 from nucleate.annotations.display import display_uint8
 from nucleate.annotations.labelstudio import keypoint_results, prediction_points
 from nucleate.config import Params
@@ -39,6 +43,7 @@ __all__ = [
     "selection_round",
     "task_json",
     "update_inflight",
+    "upload_images",
 ]
 
 def load_inflight(path: str | Path) -> pa.Table:
@@ -72,13 +77,15 @@ def update_inflight(path: str | Path, add: Iterable[tuple[str, int, int]] = (),
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One image as pushed: ``rel`` path of its display copy below the files root, size in pixels."""
+    """One image as pushed: ``rel`` path of its display copy below the files root, size in pixels, and ``uri``:
+    where Label Studio finds it when that is not the local-files root (``s3://bucket/prefix/<image_id>.png``)."""
 
     image_id: str
     rel: str
     width: int
     height: int
     name: str
+    uri: str | None = None
 
 
 @dataclass
@@ -144,12 +151,24 @@ def render_images(
     return records
 
 
+def upload_images(loc: S3Location, manifest: pa.Table, image_ids: Sequence[str], files_root: Path | None, *,
+                  root: Path | None = None) -> dict[str, ImageRecord]:
+    """:func:`render_images` then upload each display copy to ``loc`` as ``<image_id>.png`` (objects already there
+    are kept: the name is the content hash). Copies are rendered under ``files_root`` (kept, reused next time),
+    or in a temporary folder when it is None. Records carry the ``s3://`` URI."""
+    with contextlib.ExitStack() as stack:
+        where = Path(files_root) if files_root is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        records = render_images(manifest, image_ids, where, root=root)
+        uris = upload_files(loc, [(where / rec.rel, f"{rec.image_id}.png") for rec in records.values()])
+    return {i: dataclasses.replace(rec, uri=uris[f"{i}.png"]) for i, rec in records.items()}
+
+
 def task_json(rec: ImageRecord, round: int, pred: dict[str, Any] | None, model_version: str | None,  # noqa: A002
               marker_pct: float) -> dict[str, Any]:
-    """The import JSON of one task: ``data`` (image URL below the local-files root, ``image_id``, ``round``,
-    size in pixels, name) and, with ``pred`` (``{"xy", "label", "score"}``), one pre-annotation."""
+    """The import JSON of one task: ``data`` (image URL: ``rec.uri``, else below the local-files root; ``image_id``,
+    ``round``, size in pixels, name) and, with ``pred`` (``{"xy", "label", "score"}``), one pre-annotation."""
     task: dict[str, Any] = {"data": {
-        "image": "/data/local-files/?d=" + urllib.parse.quote(rec.rel),
+        "image": rec.uri or "/data/local-files/?d=" + urllib.parse.quote(rec.rel),
         "image_id": rec.image_id, "round": int(round), "width": rec.width, "height": rec.height,
         "name": rec.name,
     }}
@@ -261,18 +280,29 @@ def push_round(
     root: Path | None = None,
 ) -> PushReport:
     """Push one round's selected ``image_ids`` into the project titled ``labelstudio.project_title`` (created
-    with the ``labels`` config if missing): display copies under the connection's files root, the project's
-    local-files storage, then :func:`push`; with predictions, the project then shows ``model_version``'s.
+    with the ``labels`` config if missing): display copies where Label Studio serves them and the project's
+    storage for them, then :func:`push`; with predictions, the project then shows ``model_version``'s.
     ``root``: folder the manifest's paths are relative to (default:
-    its ``root`` metadata). ``model_version`` defaults to ``round-NNN`` when there are predictions."""
+    its ``root`` metadata). ``model_version`` defaults to ``round-NNN`` when there are predictions.
+
+    ``labelstudio.image_storage``: ``local``: copies under the connection's files root + local-files storage;
+    ``s3``: copies uploaded to ``s3://s3_bucket/s3_prefix/`` (:mod:`flows.s3`; rendered under the files root
+    when there is one, else in a temporary folder) + the project's S3 source storage."""
+    lp = params.labelstudio
     files_root = adapter.conn.files_root
-    if files_root is None:
+    if files_root is None and lp.image_storage == "local":
         raise ValueError("NUCLEATE_LS_FILES_ROOT is not set: point it at the server's LOCAL_FILES_DOCUMENT_ROOT "
-                         "so images can be placed where Label Studio serves them")
+                         "so images can be placed where Label Studio serves them (or put them in S3: "
+                         "labelstudio.image_storage: s3)")
     mv = model_version or (f"round-{int(round):03d}" if predictions is not None else None)
-    project = adapter.ensure_project(params.labelstudio.project_title, params.labels)
-    records = render_images(manifest, image_ids, files_root, root=root)
-    adapter.ensure_storage(project, files_root / "images")
+    loc = s3_location(lp.s3_bucket, lp.s3_prefix) if lp.image_storage == "s3" else None
+    project = adapter.ensure_project(lp.project_title, params.labels)
+    if loc is None:
+        records = render_images(manifest, image_ids, files_root, root=root)
+        adapter.ensure_storage(project, files_root / "images")
+    else:
+        records = upload_images(loc, manifest, image_ids, files_root, root=root)
+        adapter.ensure_s3_storage(project, loc, presign=lp.s3_presign)
     report = push(adapter, project, [records[i] for i in image_ids], round=round, labels=params.labels,
                   marker_pct=params.labelstudio.point_radius_pct, predictions=predictions, model_version=mv,
                   inflight=inflight)

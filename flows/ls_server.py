@@ -89,7 +89,8 @@ def server_env(
     allow_local_webhooks: bool = False,
 ) -> dict[str, str]:
     """Environment for ``label-studio init|start``: data in ``data``, local files below ``files_root``,
-    legacy token ``token`` for ``email``, no Sentry, analytics or version check."""
+    legacy token ``token`` for ``email``, no Sentry, analytics or version check. Label Studio's SSRF guard is off
+    with ``allow_local_webhooks`` or when the S3 endpoint (``AWS_ENDPOINT_URL``) is a private address."""
     env = {k: v for k, v in (os.environ if base is None else base).items() if k not in _LEAKY}
     env.update({
         "LABEL_STUDIO_BASE_DATA_DIR": str(Path(data).resolve()),
@@ -106,9 +107,27 @@ def server_env(
         "COLLECT_ANALYTICS": "false",
         "FEATURE_FLAGS_OFFLINE": "true",
     })
-    if allow_local_webhooks:
+    if allow_local_webhooks or _private_endpoint(env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")):
         env["SSRF_PROTECTION_ENABLED"] = "false"
     return env
+
+
+def _private_endpoint(url: str | None) -> bool:
+    """True when ``url`` (the S3 endpoint from the environment) is on this machine or a private network (a lab's
+    MinIO): Label Studio's SSRF guard refuses storage endpoints there, so the local server turns it off."""
+    import ipaddress
+    import socket
+    import urllib.parse
+
+    host = urllib.parse.urlsplit(url or "").hostname
+    if not host:
+        return False
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    return any(ipaddress.ip_address(a.split("%")[0]).is_private or ipaddress.ip_address(a.split("%")[0]).is_loopback
+               for a in addresses)
 
 
 def health(url: str, timeout: float = 2.0) -> bool:

@@ -214,7 +214,9 @@ back (`dvc pull` first when this machine's cache lacks it); `git checkout main &
 
 Artifacts are pushed to the DVC remote `storage`: `{remote}`. Move it with `dvc remote modify storage url NEW`;
 for S3, `pip install 'nucleate[s3]'`, `dvc remote add -d storage s3://bucket/path` and put credentials in
-`.dvc/config.local` (`dvc remote modify --local storage access_key_id ...`) or the AWS environment, never in git.
+`.dvc/config.local` (`dvc remote modify --local storage access_key_id ...`) or the environment (`AWS_ACCESS_KEY_ID`,
+`AWS_SECRET_ACCESS_KEY`, and `AWS_ENDPOINT_URL` for MinIO or another S3 server), never in git. The images annotators
+see can live in S3 too: `labelstudio.image_storage: s3` and `labelstudio.s3_bucket` in `params.yaml`.
 nucleate never runs `git push`: to keep the commits and tags on a server, `git remote add origin URL` and
 `git push --follow-tags` after a round.
 

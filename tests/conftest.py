@@ -122,3 +122,57 @@ def teacher_csv(sample_manifest, tmp_path_factory) -> Path:
                                                  for i, row in zip(ids, probs, strict=True)]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+class S3Endpoint:
+    """A running S3 API server (moto) on 127.0.0.1: ``url``, ``region`` and an IAM access key that it checks
+    (``key_id``, ``secret``); :meth:`env` is the AWS_* environment that points boto3, DVC and Label Studio at it."""
+
+    def __init__(self, url: str, key_id: str, secret: str, region: str = "us-east-1"):
+        self.url, self.key_id, self.secret, self.region = url, key_id, secret, region
+
+    def __repr__(self) -> str:
+        return f"S3Endpoint(url={self.url!r})"
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        return {"AWS_ENDPOINT_URL": self.url, "AWS_ACCESS_KEY_ID": self.key_id, "AWS_SECRET_ACCESS_KEY": self.secret,
+                "AWS_DEFAULT_REGION": self.region, **overrides}
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.url, region_name=self.region, aws_access_key_id=self.key_id,
+                            aws_secret_access_key=self.secret)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real S3 API server for the session: ``moto_server`` on a free 127.0.0.1 port (about 2 s to start) that
+    checks credentials: its first three requests make an IAM user with an allow-all policy and an access key, and
+    every later request must be signed with that key (a wrong secret gets SignatureDoesNotMatch). Yields an
+    :class:`S3Endpoint`; the server is stopped (by PID) afterwards."""
+    import sys
+
+    import boto3
+
+    from flows.local_service import free_port, spawn, stop_pid, wait_until_ok
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"}
+    env.pop("AWS_ENDPOINT_URL", None)
+    with open(log, "wb") as log_file:
+        proc = spawn([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env,
+                     log_file=log_file)
+    try:
+        wait_until_ok(f"{url}/moto-api/", proc, log, name="moto_server", timeout=60)
+        iam = boto3.client("iam", endpoint_url=url, region_name="us-east-1", aws_access_key_id="setup",
+                           aws_secret_access_key="setup")
+        iam.create_user(UserName="nucleate-lab")
+        iam.put_user_policy(UserName="nucleate-lab", PolicyName="all", PolicyDocument=(
+            '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}'))
+        key = iam.create_access_key(UserName="nucleate-lab")["AccessKey"]
+        yield S3Endpoint(url, key["AccessKeyId"], key["SecretAccessKey"])
+    finally:
+        stop_pid(proc.pid)

@@ -105,6 +105,12 @@ class LabelStudioParams:
     sim_jitter_px: float = _f(1.0, min=0.0, max=100.0)  # simulated click: Gaussian sd per axis, pixels
     sim_miss_rate: float = _f(0.05, min=0.0, max=1.0)  # simulated annotator: share of nuclei not clicked
     sim_false_click_rate: float = _f(0.02, min=0.0, max=10.0)  # false clicks per true nucleus (Poisson mean)
+    # where the display images annotators see live: "local" = the server's local-files root
+    # (NUCLEATE_LS_FILES_ROOT), "s3" = s3://s3_bucket/s3_prefix/<image_id>.png (endpoint and keys: AWS_* env only)
+    image_storage: str = _f("local", choices=("local", "s3"))
+    s3_bucket: str = _f("")  # bucket of the display images when image_storage is s3
+    s3_prefix: str = _f("nucleate/images")  # key prefix (a folder) in that bucket
+    s3_presign: bool = _f(False)  # false: Label Studio streams the images itself; true: browsers get presigned S3 URLs
 
 
 @dataclass(frozen=True)

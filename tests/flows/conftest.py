@@ -20,6 +20,15 @@ def ls_data(ls_template: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """The session's S3 server (``s3_server``) in AWS_ENDPOINT_URL / AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY;
+    ask for it before ``ls_server``, which then inherits them (and reaches the S3 API on 127.0.0.1)."""
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    return s3_server
+
+
+@pytest.fixture
 def ls_server(ls_data: Path):
     """A running local server on a copy of the template; stopped (by PID) after the test."""
     server = LocalServer(ls_data)

@@ -150,3 +150,49 @@ def test_git_identity_falls_back_when_none_is_configured(repo, monkeypatch, tmp_
     assert lineage.commit_round(repo, 1, ["f.txt"])
     assert _git(repo, "log", "-1", "--format=%an <%ae>") == "nucleate <nucleate@localhost>"
     assert lineage.is_repo(repo) and not lineage.is_repo(repo / "out") and not lineage.is_repo(tmp_path)
+
+
+def _s3_env(monkeypatch, s3, **overrides):
+    for key, value in s3.env(**overrides).items():
+        monkeypatch.setenv(key, value)
+
+
+def test_a_closed_round_round_trips_through_an_s3_remote(repo, s3_server, monkeypatch, line_log):
+    s3 = s3_server.client()
+    s3.create_bucket(Bucket="nucleate-dvc")
+    _s3_env(monkeypatch, s3_server)                        # endpoint + key from the environment only
+    assert lineage.ensure_remote(repo, "s3://nucleate-dvc/lab/project") == "storage"
+    lineage.repro("two", repo)
+    lineage.commit_round(repo, 1, [])
+    lineage.tag_round(repo, 1)
+    outs = {name: (repo / "out" / name).read_bytes() for name in ("one.txt", "two.txt")}
+    assert lineage.push(repo, line_log) is True
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="nucleate-dvc")["Contents"]]
+    assert len(keys) == 2 and all(k.startswith("lab/project/files/md5/") for k in keys)
+    shutil.rmtree(repo / ".dvc" / "cache")
+    for name in outs:
+        (repo / "out" / name).unlink()
+    assert lineage.pull(repo, line_log) is True
+    assert {name: (repo / "out" / name).read_bytes() for name in outs} == outs and lineage.status_clean(repo)
+    config = "".join(p.read_text() for p in (repo / ".dvc").glob("config*"))
+    assert "s3://nucleate-dvc/lab/project" in config
+    assert s3_server.secret not in config + "\n".join(line_log.lines) + _git(repo, "log", "-p", "--all")
+
+
+def test_wrong_s3_credentials_are_one_line_without_the_secret_and_lose_nothing(repo, s3_server, monkeypatch,
+                                                                                line_log):
+    s3_server.client().create_bucket(Bucket="nucleate-denied")
+    wrong = "wrong" + s3_server.secret[5:]
+    _s3_env(monkeypatch, s3_server, AWS_SECRET_ACCESS_KEY=wrong)
+    lineage.ensure_remote(repo, "s3://nucleate-denied/p")
+    lineage.repro("two", repo)
+    before = (repo / "out" / "two.txt").read_bytes()
+    for step in (lineage.push, lineage.pull):
+        with pytest.raises(LineageError) as info:
+            step(repo, line_log)
+        message = str(info.value)
+        assert "\n" not in message and "'storage'" in message and "AWS_SECRET_ACCESS_KEY" in message
+        assert wrong not in message and s3_server.secret not in message
+    assert wrong not in "\n".join(line_log.lines)
+    assert (repo / "out" / "two.txt").read_bytes() == before and lineage.status_clean(repo)   # nothing lost
+    assert "Contents" not in s3_server.client().list_objects_v2(Bucket="nucleate-denied")

@@ -13,9 +13,9 @@ Writes, each atomically:
 * ``out`` (``storage/model``): ``student.pt`` + ``student.json`` (:func:`nucleate.models.save_model`;
   ``extra`` = what inference needs: classes, the nucleus scale, whether the heat-map was trained),
   ``model_card.json`` (round, supervision, images, clicks, the nucleus scale it works at and the data's,
-  params, content ids of the data it saw,
-  training-time gold Dice, torch version, device, seconds) and ``training.csv`` (one row per epoch:
-  loss terms, learning rate, crops/s, data-loading and step seconds, gold Dice; DVC plots);
+  params, content ids of the data it saw, training-time gold Dice, torch version, device, the number of
+  processes that trained it, seconds) and ``training.csv`` (one row per epoch: loss terms, learning
+  rate, crops/s, data-loading and step seconds, gold Dice; DVC plots);
 * ``student_probs`` / ``student_features``: the image head's probabilities and the pooled embedding of
   every pool image (``select.space: student``, coreset / badge);
 * ``checkpoints/train.pt`` after every epoch; ``--resume`` continues a killed run from it.

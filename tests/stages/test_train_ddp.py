@@ -15,7 +15,8 @@ as much). A run that draws other crops (another seed) is an order of magnitude f
 checks that too, so the tolerance tells a right run from a wrong one.
 
 Resume: a two-process run killed (SIGTERM to torchrun) after a checkpoint and resumed with ``--resume``
-ends with exactly the weights of the uninterrupted two-process run.
+ends with exactly the weights of the uninterrupted two-process run; resuming it with other params is
+refused in one ``error:`` line (rank 0's, shared with every rank), no traceback.
 """
 
 from __future__ import annotations
@@ -198,6 +199,14 @@ def test_resume_under_ddp_continues_a_killed_run(project, two_processes):
     launcher = [sys.executable, "-m", "tasks.train", "--nproc", "2", *_argv(project, tag)]
     killed_after = int(torch.load(checkpoint, weights_only=True)["epoch"])
     assert 1 <= killed_after < 4 and not (project / tag / "model").exists()
+    # rank 0 refuses a checkpoint of other params; every rank stops on it, the launcher shows one line
+    other = project / "other.yaml"
+    other.write_text(PARAMS.replace("warmup_steps: 0", "warmup_steps: 1"))
+    refused = subprocess.run([*(str(other) if a == str(project / "params.yaml") else a for a in launcher), "--resume"],
+                             cwd=project, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert refused.returncode == 1 and len(errors) == 1 and "other params or data" in errors[0], refused.stderr
+    assert "Traceback" not in refused.stderr and not (project / tag / "model").exists()
     done = subprocess.run([*launcher, "--resume"], cwd=project, env=_env(), capture_output=True, text=True,
                           timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr[-3000:]

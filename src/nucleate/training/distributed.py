@@ -71,9 +71,17 @@ def shard(n: int, where: Ranks) -> slice:
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """``tensor`` summed over the ranks, in place (and returned); unchanged in a single process."""
-    if ranks().distributed:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    """``tensor`` summed over the ranks, in place (and returned); unchanged in a single process.
+
+    NCCL reduces CUDA tensors only: a CPU tensor travels through the current CUDA device and back.
+    """
+    if not ranks().distributed:
+        return tensor
+    if dist.get_backend() == "nccl" and tensor.device.type != "cuda":
+        on_device = tensor.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(on_device, op=dist.ReduceOp.SUM)
+        return tensor.copy_(on_device.cpu())
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
 

@@ -2,17 +2,17 @@
 
 Two CPU processes sharing a global batch of 4 crops (2 each) against one process with the same 4 crops:
 the first epoch's loss agrees to 1e-4 (same crops, same loss reductions: tasks/train.py,
-nucleate.training.distributed) and the final weights to
+nucleate.training.distributed) and the final weights (8 AdamW steps at lr 2e-3) to
 
-* max |w_2 - w_1| <= ``MAX_ABS`` (measured: see the report of issue 12) over every float tensor
-  (parameters and BatchNorm statistics), and
-* ||w_2 - w_1|| / ||w_1 - w_0|| <= ``REL_L2`` (how far the weights moved from their start w_0).
+* max |w_2 - w_1| <= ``MAX_ABS`` = 0.02 over the parameters (measured 6.5e-3) and <= ``MAX_STATS`` = 0.05
+  over the BatchNorm running statistics (measured 1.75e-2);
+* ||w_2 - w_1|| / ||w_1 - w_0|| <= ``REL_L2`` = 0.1 (measured 0.045), w_0 = the common initial weights.
 
 Not bit for bit: floating-point sums run in another order in two processes (gradient all-reduce,
 BatchNorm statistics summed over ranks), and AdamW turns a rounding difference in a gradient element
-near 0 into a step of up to lr; one process with 1 vs 2 torch threads differs the same way (about half
-as much). A run that draws other crops (another seed) is an order of magnitude further away; the test
-checks that too, so the tolerance tells a right run from a wrong one.
+near 0 into a step of up to lr, so max |dw| alone cannot tell a right run from a wrong one (no weight moves
+more than 8 x lr = 0.016). The relative L2 distance can: one process trained on half of every batch (what
+a rank without gradient averaging would do) is at 1.38, and the test checks it is above ``REL_L2``.
 
 Resume: a two-process run killed (SIGTERM to torchrun) after a checkpoint and resumed with ``--resume``
 ends with exactly the weights of the uninterrupted two-process run; resuming it with other params is
@@ -47,9 +47,9 @@ from tasks import train as train_stage
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 REPO = Path(__file__).resolve().parents[2]
-MAX_ABS = 0.02  # max |w_2proc - w_1proc| over the parameters after 8 AdamW steps at lr 2e-3
-MAX_STATS = 0.05  # ... over the BatchNorm running means / variances
-REL_L2 = 0.1  # ||w_2proc - w_1proc|| / ||w_1proc - w_init|| over the parameters
+MAX_ABS = 0.02  # max |w_2proc - w_1proc| over the parameters after 8 AdamW steps at lr 2e-3 (measured 6.5e-3)
+MAX_STATS = 0.05  # ... over the BatchNorm running means / variances (measured 1.75e-2)
+REL_L2 = 0.1  # ||w_2proc - w_1proc|| / ||w_1proc - w_init|| over the parameters (measured 0.045; half batches 1.38)
 TIMEOUT = 240  # s, one torchrun launch
 
 PARAMS = """\

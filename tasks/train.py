@@ -13,12 +13,19 @@ Writes, each atomically:
 * ``out`` (``storage/model``): ``student.pt`` + ``student.json`` (:func:`nucleate.models.save_model`;
   ``extra`` = what inference needs: classes, the nucleus scale, whether the heat-map was trained),
   ``model_card.json`` (round, supervision, images, clicks, the nucleus scale it works at and the data's,
-  params, content ids of the data it saw,
-  training-time gold Dice, torch version, device, seconds) and ``training.csv`` (one row per epoch:
-  loss terms, learning rate, crops/s, data-loading and step seconds, gold Dice; DVC plots);
+  params, content ids of the data it saw, training-time gold Dice, torch version, device, the number of
+  processes that trained it, seconds) and ``training.csv`` (one row per epoch: loss terms, learning
+  rate, crops/s, data-loading and step seconds, gold Dice; DVC plots);
 * ``student_probs`` / ``student_features``: the image head's probabilities and the pooled embedding of
   every pool image (``select.space: student``, coreset / badge);
 * ``checkpoints/train.pt`` after every epoch; ``--resume`` continues a killed run from it.
+
+Several processes (one per GPU, or CPU processes): run under ``torchrun`` (``torchrun --nproc-per-node N
+-m tasks.train ...``) or ask for ``--nproc N``, which starts torchrun on this machine. Each process reads
+torchrun's ``WORLD_SIZE`` / ``RANK`` / ``LOCAL_RANK``, joins the process group (NCCL on ``cuda:LOCAL_RANK``,
+gloo on the CPU) and trains its equal share of every global batch of ``train.batch_size`` crops
+(:mod:`nucleate.training.distributed`); rank 0 alone writes the checkpoint, the model folder, the model card
+and the student tables. ``--resume`` loads rank 0's checkpoint on every rank.
 """
 
 from __future__ import annotations
@@ -29,21 +36,27 @@ import hashlib
 import io
 import json
 import logging
+import os
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
+import torch.distributed as dist
 import typer
 
 import nucleate
 from nucleate.annotations import centroids_xy, points_xy, rows_by_image
 from nucleate.config import DonusegParams, ModelParams, PredictParams, PseudomaskParams, TrainParams
+from nucleate.device import DeviceError, resolve_device
 from nucleate.inference import predict_maps
 from nucleate.io import (
     LAYOUT,
@@ -71,9 +84,10 @@ from nucleate.training import (
     prepare_image,
     train,
 )
+from nucleate.training.distributed import Ranks, barrier, ranks
 from tasks._stage import Report, StageError, load_params_or_exit, logger, run_alone, stage_errors
 
-__all__ = ["CHECKPOINT_FILE", "TrainReport", "TrainStageError", "command", "main", "run"]
+__all__ = ["CHECKPOINT_FILE", "TrainReport", "TrainStageError", "command", "launch", "main", "run"]
 
 #: the checkpoint's file name inside the checkpoints folder
 CHECKPOINT_FILE = "train.pt"
@@ -99,13 +113,16 @@ class TrainReport(Report):
     gold_dice: float | None = None
     resumed_from: int | None = None
     student_rows: int = 0
+    processes: int = 1  # torchrun's WORLD_SIZE
+    rank: int = 0  # this process's; only rank 0 writes (and prints)
     history: list[dict[str, float]] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         gold = "" if self.gold_dice is None else f", gold Dice {self.gold_dice:.3f}"
         resumed = "" if self.resumed_from is None else f" (resumed after epoch {self.resumed_from})"
+        where = self.device if self.processes == 1 else f"{self.processes} processes ({self.device} on rank 0)"
         return [f"train: {self.supervision} on {self.images} images / {self.points} points, {self.epochs} epochs "
-                f"({self.steps} steps) on {self.device} in {self.seconds:.0f} s{resumed}: final loss "
+                f"({self.steps} steps) on {where} in {self.seconds:.0f} s{resumed}: final loss "
                 f"{self.final_loss:.4f}{gold} -> {self.model}",
                 f"student tables: {self.student_rows} images (student_probs, student_features)"]
 
@@ -265,8 +282,65 @@ def run(
     nucleus radius and, when made in memory, the pseudo-masks), ``predict`` (the sliding window of the
     student tables), ``teacher.classes`` and ``seed``.
     Raises :class:`MissingInput`, :class:`TrainStageError`, :class:`nucleate.training.TrainError`.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) every process calls this with the same
+    arguments; it joins the process group (and leaves it on return), trains its share, and only rank 0
+    writes; the other ranks return a report of the same training with ``rank`` set and nothing written.
     """
+    with _process_group(train_params) as where:
+        return _run(model, train_params, donuseg, pseudomask, predict, classes, seed, where, manifest=manifest,
+                    out=out, points=points, pseudomasks=pseudomasks, masks=masks, teacher_probs=teacher_probs,
+                    student_probs=student_probs, student_features=student_features, checkpoints=checkpoints,
+                    resume=resume, progress=progress, log=log)
+
+
+def _torchrun_env() -> tuple[int, int, int] | None:
+    """(world size, rank, local rank) from torchrun's environment; None for a single process."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return None
+        return world, int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    except (KeyError, ValueError):
+        raise TrainStageError("WORLD_SIZE is set but RANK / LOCAL_RANK are missing or not integers: start "
+                              "several processes with torchrun (or `nucleate train --nproc N`)") from None
+
+
+@contextmanager
+def _process_group(train_params: TrainParams) -> Iterator[Ranks]:
+    """Join torchrun's process group (NCCL on cuda:LOCAL_RANK, else gloo) for the block; leave it after."""
+    found = _torchrun_env()
+    if found is None or ranks().distributed:  # one process, or the caller already joined the group
+        yield ranks()
+        return
+    world, rank, local_rank = found
+    device = resolve_device(train_params.device, setting="train.device")
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise DeviceError(f"LOCAL_RANK {local_rank} but torch sees {torch.cuda.device_count()} CUDA device(s) on "
+                              f"this node: start at most that many processes per node (torchrun --nproc-per-node)")
+        torch.cuda.set_device(local_rank)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    try:
+        dist.init_process_group(backend, timeout=timedelta(minutes=30),
+                                device_id=torch.device("cuda", local_rank) if backend == "nccl" else None)
+    except (RuntimeError, ValueError) as exc:
+        raise TrainStageError(f"cannot join the process group of {world} processes (rank {rank}, {backend} at "
+                              f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}): "
+                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    try:
+        yield ranks()
+    finally:
+        dist.destroy_process_group()
+
+
+def _run(model, train_params, donuseg, pseudomask, predict, classes, seed, where: Ranks, *, manifest, out, points,
+         pseudomasks, masks, teacher_probs, student_probs, student_features, checkpoints, resume, progress, log
+         ) -> TrainReport:
     log = log or logger("train")
+    if not where.main:  # one log for the run: rank 0's (the others still say what goes wrong)
+        log = logging.getLogger(f"{log.name}.rank{where.rank}")
+        log.setLevel(logging.WARNING)
     manifest_path = LAYOUT.require("manifest", manifest)
     points_path = LAYOUT.require("consensus", points) if train_params.supervision != "full" else None
     points_rows = read_table("points", points_path) if points_path is not None else None
@@ -330,7 +404,7 @@ def run(
                          points=int(sum(im.points for im in images)), epochs=train_params.epochs, steps=result.steps,
                          seconds=round(result.seconds, 1), device=result.device,
                          final_loss=result.history[-1]["loss"], resumed_from=result.resumed_from,
-                         history=result.history)
+                         processes=where.world_size, rank=where.rank, history=result.history)
     golds = [row["gold_dice"] for row in result.history if "gold_dice" in row]
     report.gold_dice = golds[-1] if golds else None
     card = {
@@ -341,9 +415,13 @@ def run(
         "metrics": {"gold_pixel_dice": report.gold_dice, "final_loss": report.final_loss},
         "donuseg_last_refresh": result.donuseg,
         "epochs": train_params.epochs, "steps": result.steps, "seconds": report.seconds, "device": result.device,
+        "processes": where.world_size,
         "torch": torch.__version__, "nucleate": nucleate.__version__,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    if not where.main:  # rank 0 writes; the others wait for it so that no process ends before the files exist
+        barrier()
+        return report
     with atomic_dir(out) as staging:
         save_model(staging, result.model, extra=extra)
         atomic_write_text(staging / "model_card.json", json.dumps(card, indent=2, sort_keys=True) + "\n")
@@ -351,6 +429,7 @@ def run(
     if student_probs is not None or student_features is not None:
         report.student_rows = _student_tables(result.model, predict, classes, entries, root, scale, extra,
                                               student_probs, student_features, log)
+    barrier()
     return report
 
 
@@ -405,16 +484,52 @@ def command(
     checkpoints: Path = typer.Option(LAYOUT.checkpoints, help="Folder of the per-epoch checkpoint."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint of the same run."),
     params: Path = typer.Option(Path("params.yaml"), help="params file (model, train, donuseg, pseudomask, seed)."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes on this machine (torchrun): one per GPU, or CPU "
+                              "processes; train.batch_size is the global batch they share."),
 ) -> None:
     """Train the student U-Net from clicked points (or full masks) and write storage/model."""
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        args = [("--manifest", manifest), ("--points", points), ("--pseudomasks", pseudomasks), ("--masks", masks),
+                ("--teacher-probs", teacher_probs), ("--out", out), ("--student-probs", student_probs),
+                ("--student-features", student_features), ("--checkpoints", checkpoints), ("--params", params)]
+        argv = [str(v) for pair in args if pair[1] is not None for v in pair] + (["--resume"] if resume else [])
+        raise typer.Exit(launch(nproc, argv))
     cfg = load_params_or_exit(params)
-    with stage_errors(TrainError, ModelError):
+    with stage_errors(TrainError, ModelError, DeviceError):
         report = run(cfg.model, cfg.train, cfg.donuseg, cfg.pseudomask, cfg.predict, cfg.teacher.classes, cfg.seed,
                      manifest=manifest, out=out, points=points, pseudomasks=pseudomasks, masks=masks,
                      teacher_probs=teacher_probs, student_probs=student_probs, student_features=student_features,
                      checkpoints=checkpoints, resume=resume, progress=sys.stderr.isatty())
-    for line in report.lines():
-        typer.echo(line)
+    if report.rank == 0:
+        for line in report.lines():
+            typer.echo(line)
+
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """Run ``python -m tasks.train *argv`` in ``nproc`` processes on this machine (torchrun, ``--standalone``).
+
+    The processes' output passes through until one of them prints an ``error:`` line; from then on only
+    the distinct ``error:`` lines are shown (every rank reports a shared problem, and torchrun adds its
+    own report of the failed processes), so a bad setting reads as one line. Returns the exit status.
+    """
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+           "--nproc-per-node", str(nproc), "-m", "tasks.train", *argv]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}  # torchrun's default
+    seen: list[str] = []
+    with subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env) as proc:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if line.startswith("error:"):
+                if line not in seen:
+                    seen.append(line)
+                    sys.stderr.write(line)
+            elif not seen:
+                sys.stderr.write(line)
+            sys.stderr.flush()
+    if proc.returncode and not seen:
+        typer.echo(f"error: torchrun with {nproc} processes failed (exit status {proc.returncode}); the lines above "
+                   "are its report", err=True)
+    return 1 if proc.returncode else 0
 
 
 def main(argv: list[str] | None = None) -> None:

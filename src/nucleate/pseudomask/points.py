@@ -56,8 +56,6 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.measure import label as label_components
-from sklearn.cluster import KMeans
-from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
 from nucleate.config import PseudomaskParams
@@ -243,6 +241,9 @@ def _kmeans3(feats: np.ndarray, sample: np.ndarray, seed: int) -> np.ndarray:
     cluster of every pixel (nearest centre)."""
     if sample.size < 3:  # a 1- or 2-pixel image: one cluster
         return np.zeros(feats.shape[1], dtype=np.int8)
+    from sklearn.cluster import KMeans  # here, not at import: scikit-learn costs every process ~1 s to import
+    from sklearn.exceptions import ConvergenceWarning
+
     # one thread: scikit-learn's k-means sums in an order that depends on the thread count, and the pseudo-masks
     # must not depend on the machine's cores
     with warnings.catch_warnings(), threadpool_limits(limits=1):

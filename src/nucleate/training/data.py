@@ -111,43 +111,62 @@ def _dihedral(array: np.ndarray, k: int, flip: bool) -> np.ndarray:
     return out[..., ::-1] if flip else out
 
 
-def _jitter(x: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
+def _jitter_draw(strength: float, rng: np.random.Generator) -> tuple | None:
+    """(gamma, contrast, brightness) of one crop's intensity jitter, drawn from ``rng``; None when off."""
     if strength <= 0:
-        return x
+        return None
     gamma, contrast = np.exp(rng.uniform(-strength, strength, 2))
     brightness = rng.uniform(-strength, strength) / 2
+    return gamma, contrast, brightness  # numpy float64 scalars (the arithmetic's dtype depends on it)
+
+
+def _jitter(x: np.ndarray, draw: tuple | None) -> np.ndarray:
+    if draw is None:
+        return x
+    gamma, contrast, brightness = draw
     x = np.power(np.clip(x, 0.0, 1.0), gamma)
     mean = float(x.mean())
     return np.clip((x - mean) * contrast + mean + brightness, 0.0, 1.0)
 
 
 def sample_batch(images: list[TrainingImage], rng: np.random.Generator, *, batch_size: int, patch_px: int,
-                 jitter: float) -> Batch:
+                 jitter: float, part: slice | None = None) -> Batch:
     """``batch_size`` augmented ``patch_px`` crops (module docstring); every image must be >= patch_px a side.
 
     All crops get the channel count of the image with the most channels (gray is repeated to RGB).
+    ``part``: keep only these crops of the batch (one rank's share, :func:`nucleate.training.distributed.shard`);
+    every random number of the whole batch is still drawn, so the shares of all ranks together are the
+    batch one process draws, and ``rng`` ends in the same state.
     """
     areas = np.array([im.shape[0] * im.shape[1] for im in images], np.float64)
     picks = rng.choice(len(images), size=batch_size, p=areas / areas.sum())
     channels = max(im.x.shape[0] for im in images)
     present = [name for name in MAP_NAMES if all(getattr(images[i], name) is not None for i in picks)]
+    kept = range(batch_size)[part] if part is not None else range(batch_size)
     xs, heats, cams, maps = [], [], [], {name: [] for name in present}
-    for i in picks:
+    for n, i in enumerate(picks):
         im = images[i]
         height, width = im.shape
         r = int(rng.integers(0, height - patch_px + 1))
         c = int(rng.integers(0, width - patch_px + 1))
         k, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
+        draw = _jitter_draw(jitter, rng)
+        if n not in kept:
+            continue
         window = (slice(r, r + patch_px), slice(c, c + patch_px))
         x = _dihedral(im.x[(slice(None), *window)], k, flip)
         if x.shape[0] < channels:
             x = np.repeat(x, channels, axis=0)
-        xs.append(_jitter(x, jitter, rng))
+        xs.append(_jitter(x, draw))
         heats.append(_dihedral(im.heatmap[window], k, flip))
         cams.append(None if im.cam is None else _dihedral(im.cam[window], k, flip))
         for name in present:
             maps[name].append(_dihedral(getattr(im, name)[window], k, flip))
+    all_picks = picks
+    picks = picks[list(kept)]
     teacher = [images[i].teacher_probs for i in picks]
+    if any(images[i].teacher_probs is None for i in all_picks):
+        teacher = [None]
     return Batch(
         x=np.ascontiguousarray(np.stack(xs), dtype=np.float32),
         heatmap=np.ascontiguousarray(np.stack(heats), dtype=np.float32),

@@ -15,6 +15,11 @@ same crops as an uninterrupted one; on the CPU with deterministic algorithms the
 bit-identical (tests/core/test_training.py). The checkpoint (written atomically after every epoch) holds
 the model, optimiser, schedule, grad-scaler, the DoNuSeg pseudo labels and the history, plus a
 fingerprint of the settings and data: resuming with other ones is refused.
+
+Several processes (``torchrun``; :mod:`nucleate.training.distributed`): when a process group is
+initialised, the model is wrapped in ``DistributedDataParallel`` with synchronised BatchNorm, each rank
+trains on its equal share of the same global batch (``train.batch_size`` crops in all), and rank 0 alone
+writes the checkpoint and validates on gold; a resume loads rank 0's checkpoint on every rank.
 """
 
 from __future__ import annotations
@@ -38,7 +43,17 @@ from nucleate.device import resolve_device
 from nucleate.io.atomic import atomic_write_bytes
 from nucleate.metrics import dice
 from nucleate.models import ModelSpec, StudentNet, build_from_spec
-from nucleate.training.data import Batch, TrainingImage, sample_batch
+from nucleate.pseudomask import IGNORE
+from nucleate.training.data import MAP_NAMES, Batch, TrainingImage, sample_batch
+from nucleate.training.distributed import (
+    Ranks,
+    all_reduce_sum,
+    broadcast_object,
+    plain_batchnorm,
+    ranks,
+    shard,
+    sync_batchnorm,
+)
 from nucleate.training.donuseg import refresh_pseudo_labels
 from nucleate.training.losses import contrastive_loss, heatmap_loss, kd_loss, seg_loss
 
@@ -66,6 +81,7 @@ class TrainResult:
     steps: int
     resumed_from: int | None = None
     donuseg: dict[str, Any] = field(default_factory=dict)  # the last pseudo-label refresh: blocks chosen, alphas
+    world_size: int = 1  # processes that trained it together (torchrun)
 
 
 def model_spec(model: ModelParams, num_classes: int) -> ModelSpec:
@@ -128,22 +144,37 @@ def _load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any]:
     return state
 
 
+def _labelled_per_rank(batch: Batch, where: Ranks) -> dict[str, float] | None:
+    """Labelled pixels of each map in the whole global batch / world size (the CE denominators of a rank)."""
+    if not where.distributed:
+        return None
+    counts = torch.tensor([0.0 if batch.maps[name] is None else float((batch.maps[name] != IGNORE).sum())
+                           for name in MAP_NAMES], dtype=torch.float64)
+    all_reduce_sum(counts)
+    return {name: float(c) / where.world_size for name, c in zip(MAP_NAMES, counts.tolist(), strict=True)}
+
+
 def _losses(out, batch: Batch, n: int, dev: torch.device, *, supervision: str, epoch: int, train: TrainParams,
             donuseg: DonusegParams, kd_probs: torch.Tensor | None,
-            generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """The loss terms of one step (module docstring); ``n`` = annotated crops at the front of the batch."""
+            generator: torch.Generator, labelled: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
+    """The loss terms of one step (module docstring); ``n`` = annotated crops at the front of the batch.
+
+    ``labelled`` (several processes): per map, the labelled pixels of the global batch / world size; the
+    cross-entropies divide their sums by it, so the ranks' mean is the global batch's mean.
+    """
     seg = out.seg[:n]
     maps = {k: (None if v is None else torch.from_numpy(v).to(dev)) for k, v in batch.maps.items()}
+    labelled = labelled or {}
     terms: dict[str, torch.Tensor] = {}
     if supervision == "full":
-        terms["seg"] = seg_loss(seg, maps["full"])
+        terms["seg"] = seg_loss(seg, maps["full"], total=labelled.get("full"))
     else:
-        terms["seg"] = seg_loss(seg, maps["voronoi"])
+        terms["seg"] = seg_loss(seg, maps["voronoi"], total=labelled.get("voronoi"))
         if maps["cluster"] is not None:
-            terms["seg"] = terms["seg"] + seg_loss(seg, maps["cluster"])
+            terms["seg"] = terms["seg"] + seg_loss(seg, maps["cluster"], total=labelled.get("cluster"))
     if supervision == "donuseg" and epoch >= donuseg.start_epoch and maps["pseudo"] is not None:
         if donuseg.lambda_p > 0:
-            terms["pseudo"] = donuseg.lambda_p * seg_loss(seg, maps["pseudo"])
+            terms["pseudo"] = donuseg.lambda_p * seg_loss(seg, maps["pseudo"], total=labelled.get("pseudo"))
         if donuseg.lambda_con > 0 and batch.cam is not None:
             terms["con"] = donuseg.lambda_con * contrastive_loss(
                 out.decoder_features[:n], maps["pseudo"], torch.from_numpy(batch.cam).to(dev),
@@ -180,19 +211,36 @@ def train(
     ``train.val_every`` epochs (pixel Dice). ``kd_pool`` draws unannotated crops for the KD term.
     ``checkpoint``: file rewritten after every epoch; ``resume`` continues from it. ``on_epoch_end(e, model)``
     is called after epoch e's checkpoint (tests inject a kill there). Raises :class:`TrainError`.
+
+    Inside an initialised process group (``torchrun``; module docstring) every rank calls this with the
+    same arguments; ``train.batch_size`` (and ``train.kd_unlabeled`` with a KD pool) is the global count
+    and must split evenly over the ranks.
     """
     log = log or logging.getLogger("nucleate.train")
     if not images:
         raise TrainError("no training images: nothing annotated yet (or no image matched the points / masks)")
     if any(min(im.shape) < train.patch_px for im in images):
         raise TrainError(f"an image is smaller than train.patch_px {train.patch_px}; pad it first (data.pad_to)")
+    where = ranks()
+    kd_on = train.kd_weight > 0
+    if where.distributed:
+        for setting, count in (("train.batch_size", train.batch_size),
+                               ("train.kd_unlabeled", train.kd_unlabeled if kd_on and kd_pool is not None else 0)):
+            if count % where.world_size:
+                raise TrainError(f"{setting} {count} does not split evenly over {where.world_size} processes: "
+                                 f"set it to a multiple of {where.world_size} (it is the global count; each "
+                                 f"process takes {setting} / {where.world_size})")
     device = resolve_device(train.device, setting="train.device")
     cuda = device.type == "cuda"
+    if cuda and where.distributed:
+        device = torch.device("cuda", torch.cuda.current_device())  # the caller set it to LOCAL_RANK
     deterministic = torch.are_deterministic_algorithms_enabled()
     if not cuda:
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(seed)
     net = build_from_spec(model_spec(model, num_classes)).to(device)
+    if where.distributed:
+        net = sync_batchnorm(net, device)
     if cuda and train.channels_last:
         net = net.to(memory_format=torch.channels_last)
     amp_dtype = None
@@ -206,8 +254,17 @@ def train(
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, train.warmup_steps, total))
     history: list[dict[str, float]] = []
     first_epoch, resumed_from, refresh = 0, None, {}
-    if resume and checkpoint is not None and checkpoint.is_file():
-        state = _load_checkpoint(checkpoint, fingerprint)
+    state, problem = None, None
+    if resume and checkpoint is not None and where.main and checkpoint.is_file():
+        try:
+            state = _load_checkpoint(checkpoint, fingerprint)
+        except TrainError as exc:
+            problem = str(exc)
+    if resume and where.distributed:  # rank 0's checkpoint (or its error) on every rank
+        state, problem = broadcast_object((state, problem), device if cuda else None)
+    if problem is not None:
+        raise TrainError(problem)
+    if state is not None:
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["scheduler"])
@@ -221,10 +278,15 @@ def train(
         log.info(f"train: resumed from {checkpoint} after epoch {first_epoch}/{train.epochs}")
     elif resume:
         log.info(f"train: no checkpoint at {checkpoint}; starting from scratch")
-    kd_on = train.kd_weight > 0
+    stepper: torch.nn.Module = net
+    if where.distributed:  # heads without a loss in some modes (heat-map, image head): find_unused_parameters
+        stepper = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if cuda else None,
+                                                            find_unused_parameters=True)
+    local_batch = train.batch_size // where.world_size
+    crops = shard(train.batch_size, where)
     need_features = train.supervision == "donuseg" and donuseg.lambda_con > 0
-    bar = tqdm(total=total, initial=first_epoch * steps, disable=not progress, desc="train", unit="step",
-               dynamic_ncols=True, leave=False)
+    bar = tqdm(total=total, initial=first_epoch * steps, disable=not (progress and where.main), desc="train",
+               unit="step", dynamic_ncols=True, leave=False)
     started = time.perf_counter()
     net.train()
     try:
@@ -243,25 +305,29 @@ def train(
             for _ in range(steps):
                 t0 = time.perf_counter()
                 batch = sample_batch(images, rng, batch_size=train.batch_size, patch_px=train.patch_px,
-                                     jitter=train.intensity_jitter)
+                                     jitter=train.intensity_jitter, part=crops if where.distributed else None)
                 x = batch.x
                 kd_probs = batch.teacher_probs if kd_on else None
                 if kd_on and kd_pool is not None and train.kd_unlabeled:
                     ux, uprobs = kd_pool(rng, train.kd_unlabeled)
+                    if where.distributed:
+                        part = shard(train.kd_unlabeled, where)
+                        ux, uprobs = ux[part], uprobs[part]
                     if ux.shape[1] != x.shape[1]:
                         channels = max(ux.shape[1], x.shape[1])
                         x, ux = (np.repeat(a, channels // a.shape[1], axis=1) for a in (x, ux))
                     x = np.concatenate([x, ux])
                     kd_probs = uprobs if kd_probs is None else np.concatenate([kd_probs, uprobs])
+                labelled = _labelled_per_rank(batch, where)
                 t1 = time.perf_counter()
                 try:
                     xt = torch.from_numpy(np.ascontiguousarray(x)).to(device, non_blocking=True)
                     with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                        out = net(xt, return_features=need_features)
-                        terms = _losses(out, batch, train.batch_size, device, supervision=train.supervision,
+                        out = stepper(xt, return_features=need_features)
+                        terms = _losses(out, batch, local_batch, device, supervision=train.supervision,
                                         epoch=epoch, train=train, donuseg=donuseg,
                                         kd_probs=None if kd_probs is None else torch.from_numpy(kd_probs).to(device),
-                                        generator=generator)
+                                        generator=generator, labelled=labelled)
                     loss = sum(terms.values())
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
@@ -272,7 +338,8 @@ def train(
                     if not _is_oom(exc):
                         raise
                     raise TrainError(
-                        f"out of memory on {device} with train.batch_size {train.batch_size} and train.patch_px "
+                        f"out of memory on {device} with train.batch_size {train.batch_size}"
+                        + (f" ({local_batch} per process)" if where.distributed else "") + " and train.patch_px "
                         f"{train.patch_px}: lower one of them in params.yaml (e.g. batch_size "
                         f"{max(1, train.batch_size // 2)} or patch_px {max(32, train.patch_px // 2)})") from None
                 if cuda:
@@ -285,19 +352,24 @@ def train(
                     sums[key] = sums.get(key, 0.0) + float(value.detach())
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss.detach()):.3f}")
+            if where.distributed:  # the epoch's mean terms over the global batch = the mean of the ranks' means
+                keys = sorted(sums)
+                summed = all_reduce_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64))
+                sums = {k: v / where.world_size for k, v in zip(keys, summed.tolist(), strict=True)}
             seconds = time.perf_counter() - epoch_start
             row = {"epoch": epoch + 1, "lr": schedule.get_last_lr()[0],
                    **{k: round(v / steps, 5) for k, v in sums.items()},
                    "crops_per_s": round(steps * train.batch_size / seconds, 2), "seconds": round(seconds, 2),
                    "data_s": round(data_s, 3), "step_s": round(step_s, 3)}
-            if gold and train.val_every and ((epoch + 1) % train.val_every == 0 or epoch + 1 == train.epochs):
+            if gold and where.main and train.val_every and ((epoch + 1) % train.val_every == 0
+                                                            or epoch + 1 == train.epochs):
                 row["gold_dice"] = round(_gold_dice(net, gold, device), 4)
             history.append(row)
             log.info(f"train: epoch {epoch + 1}/{train.epochs}: loss {row['loss']:.4f} ("
                      + ", ".join(f"{k} {row[k]:.3f}" for k in ("seg", "pseudo", "con", "det", "kd") if k in row)
                      + f"), {row['crops_per_s']} crops/s" + (f", gold Dice {row['gold_dice']:.3f}" if "gold_dice"
                                                             in row else ""))
-            if checkpoint is not None:
+            if checkpoint is not None and where.main:
                 _save_checkpoint(checkpoint, {
                     "format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "epoch": epoch + 1,
                     "model": net.state_dict(), "optimizer": optimizer.state_dict(),
@@ -312,9 +384,11 @@ def train(
         bar.close()
         if not cuda:
             torch.use_deterministic_algorithms(deterministic)
+    if where.distributed:
+        net = plain_batchnorm(net)
     net = net.to("cpu", memory_format=torch.contiguous_format).eval()
     return TrainResult(net, history, str(device), time.perf_counter() - started, steps * train.epochs,
-                       resumed_from, refresh)
+                       resumed_from, refresh, where.world_size)
 
 
 def params_dict(*sections: Any) -> dict[str, Any]:

@@ -20,11 +20,17 @@ from nucleate.pseudomask import IGNORE
 __all__ = ["contrastive_loss", "heatmap_loss", "kd_loss", "seg_loss"]
 
 
-def seg_loss(seg_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """CE of ``seg_logits`` (N, 2, h, w) against ``labels`` (N, h, w) uint8/long in {0, 1, 255 = ignore}."""
+def seg_loss(seg_logits: torch.Tensor, labels: torch.Tensor, total: float | None = None) -> torch.Tensor:
+    """CE of ``seg_logits`` (N, 2, h, w) against ``labels`` (N, h, w) uint8/long in {0, 1, 255 = ignore}.
+
+    The mean over the labelled pixels; with ``total``, the sum divided by ``total`` instead (one rank's
+    share of a global batch: the labelled pixels of the whole batch / world size).
+    """
     labels = labels.long()
     if not bool((labels != IGNORE).any()):
         return seg_logits.sum() * 0.0
+    if total is not None:
+        return F.cross_entropy(seg_logits.float(), labels, ignore_index=IGNORE, reduction="sum") / total
     return F.cross_entropy(seg_logits.float(), labels, ignore_index=IGNORE)
 
 

@@ -21,6 +21,7 @@ maps per-image tasks itself.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import pickle
@@ -83,9 +84,9 @@ def parse_setting(value: str) -> DaskSetting:
 
 def local_cluster_kwargs(workers: int | None = None) -> dict[str, Any]:
     """``distributed.LocalCluster`` keywords: ``workers`` processes (None: one per core), one thread each,
-    on 127.0.0.1, no dashboard, warnings only."""
+    on 127.0.0.1, no dashboard, errors only (a slow worker shutdown is not the user's business)."""
     return {"n_workers": workers or os.cpu_count() or 1, "threads_per_worker": 1, "processes": True,
-            "host": "127.0.0.1", "dashboard_address": None, "silence_logs": logging.WARNING}
+            "host": "127.0.0.1", "dashboard_address": None, "silence_logs": logging.ERROR}
 
 
 def _unreachable(address: str, why: object) -> DaskUnavailable:
@@ -109,7 +110,8 @@ def _call(fn: Callable[[Any], Any], item: Any) -> tuple[bool, Any]:
 
 class DaskMapper:
     """Runs each item's function as one Dask task on ``client``'s cluster, at most ``window`` in flight
-    (default: 4 per worker thread), and yields the outcomes as they complete (:class:`tasks._map.Mapper`).
+    (default: 4 per worker thread, topped up in batches once half is done), and yields the outcomes as they
+    complete (:class:`tasks._map.Mapper`).
 
     Each finished task's result is released on the cluster once yielded, so neither the cluster nor this
     process holds more than ``window`` results. An exception in a task comes back as that item's
@@ -132,20 +134,21 @@ class DaskMapper:
         pending: dict[str, tuple[Any, int, str]] = {}
         done = as_completed(loop=self.client.loop)
 
-        def submit_next() -> bool:
-            nxt = next(source, None)
-            if nxt is None:
-                return False
-            index, (key, item) = nxt
-            future = self.client.submit(_call, fn, item, key=f"{tag}-{run}-{index}", pure=False, retries=0)
-            pending[future.key] = (future, index, key)
-            done.add(future)
-            return True
+        def refill() -> None:
+            """Top the work in flight up to ``window`` in one batch (one round trip), once half of it is done."""
+            if len(pending) > window // 2:
+                return
+            batch = [nxt for nxt in itertools.islice(source, window - len(pending))]
+            if not batch:
+                return
+            futures = self.client.map(_call, [fn] * len(batch), [item for _, (_, item) in batch],
+                                      key=[f"{tag}-{run}-{index}" for index, _ in batch], pure=False, retries=0)
+            for future, (index, (key, _)) in zip(futures, batch, strict=True):
+                pending[future.key] = (future, index, key)
+            done.update(futures)
 
         try:
-            for _ in range(window):
-                if not submit_next():
-                    break
+            refill()
             for future in done:
                 _, index, key = pending.pop(future.key)
                 if future.status == "finished":
@@ -158,7 +161,7 @@ class DaskMapper:
                         error = exc
                     outcome = Outcome(index, key, error=error or RuntimeError(f"Dask task {future.status}"))
                 future.release()
-                submit_next()
+                refill()
                 yield outcome
         finally:
             if pending:

@@ -19,8 +19,14 @@ when not (same magnification as training), or estimated per image with ``"estima
 (:func:`nucleate.inference.estimate_nucleus_radius`); images are resized by the ratio before the network and
 their instances resized back (:func:`nucleate.inference.segment_image`).
 
-The output folder is built beside ``out`` and swapped in whole (:func:`nucleate.io.atomic_dir`): a bad image,
-a model error or an interruption leaves the previous predictions as they were.
+An image that cannot be read is reported (a ``failed ...`` log line, ``failed`` in the table metadata) and the
+others are predicted (``--strict``: the stage fails instead). The output folder is built beside ``out`` and
+swapped in whole (:func:`nucleate.io.atomic_dir`): a model error, ``--strict`` or an interruption leaves the
+previous predictions as they were.
+
+Each image is segmented by :func:`predict_image` (top-level, picklable: it writes that image's instances into
+the staging folder and returns its centres and scores), in this process or, with ``NUCLEATE_DASK`` set, on a
+Dask cluster whose workers load the model once each (:mod:`tasks._map`); the outputs are the same.
 """
 
 from __future__ import annotations
@@ -85,7 +91,7 @@ class PredictReport(Report):
     seconds: float = 0.0
     megapixels: float = 0.0
     megapixels_per_s: float = 0.0
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (output path under out, reason)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (image path under the image folder, reason)
 
     def lines(self) -> list[str]:
         """One summary line."""
@@ -175,10 +181,10 @@ def run(
         items = [(str(rel), (str(rel), str(path))) for rel, path in targets.items()]
         done: dict[int, dict] = {}
         for outcome in where.map(functools.partial(predict_image, spec), items):
-            rel, path = items[outcome.index][1]
+            path = items[outcome.index][1][1]
             reason = per_image_failure(outcome, PER_IMAGE_ERRORS)
             if reason is not None:
-                report.failed.append((rel, reason))
+                report.failed.append((Path(path).relative_to(root).as_posix(), reason))
                 log.warning(f"failed {path}: {reason}")
                 continue
             done[outcome.index] = outcome.value
@@ -186,7 +192,7 @@ def run(
                 log.info(f"predict: {len(done)}/{len(files)} images ({time.perf_counter() - started:.0f} s)")
         report.failed.sort()
         if report.failed and strict:
-            first = targets[Path(report.failed[0][0])]
+            first = root / report.failed[0][0]
             raise PredictError(f"--strict: {len(report.failed)} image(s) could not be predicted (first: {first}: "
                                f"{report.failed[0][1]}); nothing written")
         if not done:

@@ -23,8 +23,14 @@ every nucleus it recovers). The stage fails, names every gold image with the fai
 nothing when a mean over the gold images falls below its floor: ``pseudomask.min_gold_dice`` (labeled
 Dice), ``min_gold_labeled_fraction`` or ``min_gold_whole_dice``. The scores go to ``qc`` (JSON).
 
+An annotated image that cannot be read is reported (a ``failed ...`` log line, ``failed`` in the index
+metadata and the QC file) and gets no mask; the others are done (``--strict``: the stage fails instead).
 The output folder is built beside ``out`` and swapped in whole (:func:`nucleate.io.atomic.atomic_dir`),
-so a failure (bad point, unreadable image, QC) never leaves a half-written set of masks.
+so a failure (bad point, QC, ``--strict``) never leaves a half-written set of masks.
+
+Each image's masks are made by :func:`mask_image` (top-level, picklable: it writes that image's maps into
+the staging folder and returns its index row), in this process or, with ``NUCLEATE_DASK`` set, on a Dask
+cluster (:mod:`tasks._map`); the outputs are the same byte for byte.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ sample image (pool + gold, ``--repeat`` times over), run through the stage's map
 ``speedup_2_vs_1`` = images/s with 2 workers / with 1; ``dask_1_vs_sequential`` = the price of shipping each
 image's task to another process. ``overhead``: tiny no-op tasks per second through each mapper (the fixed cost
 per task: scheduling, pickling, the result round trip) and its inverse in milliseconds. ``cpu_s_per_image``: CPU
-seconds of the step per image, measured inside the process that ran it (it stays flat when the work moves to
+seconds of the step per image, measured in the thread that ran it (it stays flat when the work moves to
 workers; wall-clock ratios also depend on what else the machine runs: ``load_1min_before``). BLAS/OpenMP are
 pinned to one thread everywhere, so one worker = one core. Prints JSON; ``--out`` also writes it there.
 """
@@ -53,10 +53,11 @@ def noop(item):
 
 
 def timed(fn, item) -> float:
-    """Run ``fn(item)``; the CPU seconds it took in the process that ran it (a worker's own clock)."""
-    started = time.process_time()
+    """Run ``fn(item)``; the CPU seconds of the thread that ran it (a worker's own clock; the worker's
+    communication threads are not counted)."""
+    started = time.thread_time()
     fn(item)
-    return time.process_time() - started
+    return time.thread_time() - started
 
 
 def _items(sample: Path, repeat: int) -> list[tuple[str, MaskItem]]:

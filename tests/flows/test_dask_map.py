@@ -5,7 +5,10 @@ in one line with nothing written."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -176,39 +179,52 @@ def test_predict_on_dask_is_bit_identical_and_a_corrupt_image_is_reported(studen
 
 # --- the CLI: NUCLEATE_DASK ---------------------------------------------------------------------------------
 
+def _nucleate(args, env_value, timeout=120):
+    """``python -m flows.cli ARGS`` (what `dvc repro` runs, also from the round flows) with NUCLEATE_DASK set."""
+    env = {**os.environ, DASK_ENV: env_value}
+    return subprocess.run([sys.executable, "-m", "flows.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
 def test_cli_on_a_scheduler_address_and_strict(student, tmp_path, client, monkeypatch, repo_root):
-    """What `dvc repro` and the round flows run: `nucleate predict` with NUCLEATE_DASK = a scheduler address."""
+    """`nucleate predict` with NUCLEATE_DASK = a running scheduler's address: the work goes to its workers."""
     model, images = student
+    args = ["predict", "--params", repo_root / "params.yaml", "--model", model, "--images", images]
+    result = _nucleate([*args, "--out", tmp_path / "pred"], client.scheduler.address)
+    assert result.returncode == 0, result.stderr
+    assert f"predict: 5 images on the Dask scheduler {client.scheduler.address} (2 worker(s))" in result.stderr
+    assert "predict: 4 images, 1 failed" in result.stdout and (tmp_path / "pred" / "pool" / "b.tif").is_file()
+    assert "failed " in result.stderr and "z.tif" in result.stderr  # the corrupt image, on its own line
     monkeypatch.setenv(DASK_ENV, client.scheduler.address)
-    args = ["predict", "--params", str(repo_root / "params.yaml"), "--model", str(model), "--images", str(images)]
-    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "pred")])
-    assert result.exit_code == 0, result.output
-    assert "predict: 4 images, 1 failed" in result.output and (tmp_path / "pred" / "pool" / "b.tif").is_file()
-    assert "failed " in result.output and "z.tif" in result.output  # the corrupt image, on its own line
-    strict = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "strict"), "--strict"])
+    strict = CliRunner().invoke(app, [*map(str, args), "--out", str(tmp_path / "strict"), "--strict"])
     errors = [line for line in strict.output.splitlines() if line.startswith("error: ")]
     assert strict.exit_code == 1 and len(errors) == 1 and errors[0].startswith(
         "error: --strict: 1 image(s) could not be predicted (first: ") and "z.tif: " in errors[0]
     assert not (tmp_path / "strict").exists()
 
 
+def _pseudomask_args(project, tmp_path, repo_root):
+    return ["pseudomasks", "--params", repo_root / "params.yaml", "--points", project["root"] / "consensus.parquet",
+            "--manifest", project["root"] / "manifest.parquet", "--out", tmp_path / "pm", "--qc", tmp_path / "qc.json"]
+
+
 @pytest.mark.parametrize("value, message", [
     ("tcp://127.0.0.1:1", "error: Dask scheduler tcp://127.0.0.1:1 unreachable (NUCLEATE_DASK): "),
-    ("locl:2", "error: NUCLEATE_DASK='locl:2': expected `local`, `local:N`"),
+    ("locl:2", "error: NUCLEATE_DASK='locl:2': expected `local`, `local:N` (N worker processes) or a scheduler "),
 ])
-def test_cli_unreachable_or_malformed_setting_is_one_line_and_writes_nothing(project, tmp_path, monkeypatch,
-                                                                             value, message, repo_root):
+def test_unreachable_or_malformed_setting_is_one_line_exit_1_and_writes_nothing(project, tmp_path, monkeypatch,
+                                                                                repo_root, value, message):
     monkeypatch.setenv(DASK_ENV, value)
-    out = tmp_path / "pm"
+    args = ["pseudomasks", "--params", repo_root / "params.yaml", "--points", project["root"] / "consensus.parquet",
+            "--manifest", project["root"] / "manifest.parquet", "--out", tmp_path / "pm", "--qc", tmp_path / "qc.json"]
     started = time.monotonic()
-    result = CliRunner().invoke(app, ["pseudomasks", "--params", str(repo_root / "params.yaml"), "--points",
-                                      str(project["root"] / "consensus.parquet"), "--manifest",
-                                      str(project["root"] / "manifest.parquet"), "--out", str(out),
-                                      "--qc", str(tmp_path / "qc.json")])
+    result = CliRunner().invoke(app, list(map(str, args)))
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith(message), result.output
-    assert "start one with `dask scheduler`" in lines[0] or "unset it" in lines[0]
-    assert time.monotonic() - started < dask_map.CONNECT_TIMEOUT_S + 10
+    assert time.monotonic() - started < dask_map.CONNECT_TIMEOUT_S + 5
+    if value.startswith("tcp"):
+        assert lines[0].endswith("start one with `dask scheduler` (and workers: `dask worker tcp://127.0.0.1:1`) "
+                                 "or unset NUCLEATE_DASK")
     assert sorted(tmp_path.iterdir()) == []  # no output, no qc file, no staging folder
 
 

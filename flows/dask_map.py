@@ -159,7 +159,9 @@ class DaskMapper:
                         error = future.exception()
                     except BaseException as exc:  # noqa: BLE001 - cancelled: no exception to fetch
                         error = exc
-                    outcome = Outcome(index, key, error=error or RuntimeError(f"Dask task {future.status}"))
+                    why = f"{type(error).__name__}: {error}" if error else future.status
+                    outcome = Outcome(index, key, error=DaskUnavailable(
+                        f"the Dask task of {key} failed on the cluster ({why}); check the workers' logs"))
                 future.release()
                 refill()
                 yield outcome

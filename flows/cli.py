@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from flows import project
+from flows import dask_map, project
 from flows.demo import demo_command
 from flows.ls_cli import annotate_sim_command, ls_app
 from flows.prefect_cli import prefect_app
@@ -18,6 +18,8 @@ from flows.round_cli import round_app
 from flows.serve import command as serve_command
 from tasks import evaluate, ingest, points_io, predict, pseudomasks, sample_data, summary, teacher, train
 from tasks import select as select_stage
+
+dask_map.register()  # NUCLEATE_DASK: the per-image stages map their images over a Dask cluster
 
 app = typer.Typer(
     add_completion=False,

@@ -19,17 +19,24 @@ when not (same magnification as training), or estimated per image with ``"estima
 (:func:`nucleate.inference.estimate_nucleus_radius`); images are resized by the ratio before the network and
 their instances resized back (:func:`nucleate.inference.segment_image`).
 
-The output folder is built beside ``out`` and swapped in whole (:func:`nucleate.io.atomic_dir`): a bad image,
-a model error or an interruption leaves the previous predictions as they were.
+An image that cannot be read is reported (a ``failed ...`` log line, ``failed`` in the table metadata) and the
+others are predicted (``--strict``: the stage fails instead). The output folder is built beside ``out`` and
+swapped in whole (:func:`nucleate.io.atomic_dir`): a model error, ``--strict`` or an interruption leaves the
+previous predictions as they were.
+
+Each image is segmented by :func:`predict_image` (top-level, picklable: it writes that image's instances into
+the staging folder and returns its centres and scores), in this process or, with ``NUCLEATE_DASK`` set, on a
+Dask cluster whose workers load the model once each (:mod:`tasks._map`); the outputs are the same.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -44,6 +51,7 @@ from nucleate.inference import ESTIMATE, model_radius, resolve_markers, segment_
 from nucleate.io import (
     IMAGE_SUFFIXES,
     LAYOUT,
+    ImageError,
     MissingInput,
     content_id,
     image_files,
@@ -55,12 +63,18 @@ from nucleate.io import (
 )
 from nucleate.io.atomic import atomic_dir
 from nucleate.models import load_model
+from nucleate.models.persist import WEIGHTS_FILE, LoadedModel
+from tasks._map import SEQUENTIAL, Mapper, open_mapper, per_image_failure
 from tasks._stage import Report, StageError, load_params_or_exit, logger, run_alone, stage_errors
 
-__all__ = ["PredictError", "PredictReport", "command", "main", "parse_radius", "run"]
+__all__ = ["PredictError", "PredictReport", "PredictSpec", "command", "main", "parse_radius", "predict_image", "run"]
 
 #: log a progress line every this many images
 LOG_EVERY = 20
+
+
+#: errors of one image that leave it out (reported) instead of failing the stage: it cannot be read
+PER_IMAGE_ERRORS: tuple[type[BaseException], ...] = (ImageError, OSError)
 
 
 class PredictError(StageError):
@@ -77,10 +91,12 @@ class PredictReport(Report):
     seconds: float = 0.0
     megapixels: float = 0.0
     megapixels_per_s: float = 0.0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (image path under the image folder, reason)
 
     def lines(self) -> list[str]:
         """One summary line."""
-        return [f"predict: {self.images} images, {self.instances} instances in {self.seconds:.1f} s "
+        failed = f", {len(self.failed)} failed" if self.failed else ""
+        return [f"predict: {self.images} images{failed}, {self.instances} instances in {self.seconds:.1f} s "
                 f"({self.megapixels_per_s:.2f} megapixels/s) -> {self.out}"]
 
 
@@ -111,6 +127,8 @@ def run(
     out: str | Path,
     nucleus_radius_px: float | str | None = None,
     manifest: str | Path | None = None,
+    strict: bool = False,
+    mapper: Mapper | None = None,
     log: logging.Logger | None = None,
 ) -> PredictReport:
     """Segment every image under ``images`` with the student saved in ``model``; write ``out`` (module docstring).
@@ -119,8 +137,10 @@ def run(
     the first label). ``images`` None = the folder the manifest (``manifest``, default ``storage/manifest.parquet``)
     was built from. ``nucleus_radius_px``: see :func:`nucleate.inference.segment_image`. Raises
     :class:`MissingInput` for a missing model / image folder / manifest, :class:`nucleate.models.ModelError`
-    for a model from another version or a corrupt one, :class:`nucleate.io.ImageError` naming an unreadable
-    image, :class:`PredictError` for no images or clashing outputs; nothing is written then.
+    for a model from another version or a corrupt one, :class:`PredictError` for no images, clashing outputs
+    or (``strict``) an unreadable image; nothing is written then. Without ``strict`` an image that cannot be
+    read is reported (log line, ``report.failed``, the table's ``failed`` metadata) and the others are done.
+    ``mapper``: where the per-image work runs (:mod:`tasks._map`; None: ``NUCLEATE_DASK``, else here).
     """
     log = log or logger("predict")
     started = time.perf_counter()
@@ -152,26 +172,43 @@ def run(
     columns: dict[str, list] = {"image_id": [], "x": [], "y": [], "score": []}
     radii: list[float] = []
     pixels = 0
-    with atomic_dir(out) as staging:
-        for n, (rel, path) in enumerate(targets.items()):
-            image = read_image(path)
-            try:
-                seg = segment_image(loaded, image, predict, nucleus_radius_px=radius)
-            except ValueError as exc:  # a radius that cannot be estimated: name the image
-                raise PredictError(f"{path}: {exc}") from None
-            write_labels(staging / rel, seg.labels)
-            k = len(seg.scores)
-            columns["image_id"] += [content_id(path)] * k
-            columns["x"] += seg.centres[:, 0].tolist()
-            columns["y"] += seg.centres[:, 1].tolist()
-            columns["score"] += seg.scores.tolist()
-            radii.append(seg.nucleus_radius_px)
+    with open_mapper(mapper) as where, atomic_dir(out) as staging:
+        if where is not SEQUENTIAL:
+            log.info(f"predict: {len(files)} images on {where.name}")
+        spec = PredictSpec(str(model_dir), predict, radius, str(staging))
+        _MODELS.clear()
+        _MODELS[_model_key(spec.model, predict.device)] = loaded  # this process (sequential) reuses it
+        items = [(str(rel), (str(rel), str(path))) for rel, path in targets.items()]
+        done: dict[int, dict] = {}
+        for outcome in where.map(functools.partial(predict_image, spec), items):
+            path = items[outcome.index][1][1]
+            reason = per_image_failure(outcome, PER_IMAGE_ERRORS)
+            if reason is not None:
+                report.failed.append((Path(path).relative_to(root).as_posix(), reason))
+                log.warning(f"failed {path}: {reason}")
+                continue
+            done[outcome.index] = outcome.value
+            if len(done) % LOG_EVERY == 0:
+                log.info(f"predict: {len(done)}/{len(files)} images ({time.perf_counter() - started:.0f} s)")
+        report.failed.sort()
+        if report.failed and strict:
+            first = root / report.failed[0][0]
+            raise PredictError(f"--strict: {len(report.failed)} image(s) could not be predicted (first: {first}: "
+                               f"{report.failed[0][1]}); nothing written")
+        if not done:
+            raise PredictError(f"none of the {len(files)} images under {root} could be predicted (see the lines "
+                               "above); nothing written")
+        for k in sorted(done):  # the images' order, whatever order the workers finished in
+            row = done[k]
+            n = len(row["scores"])
+            columns["image_id"] += [row["image_id"]] * n
+            columns["x"] += row["centres"][:, 0].tolist()
+            columns["y"] += row["centres"][:, 1].tolist()
+            columns["score"] += row["scores"].tolist()
+            radii.append(row["nucleus_radius_px"])
             report.images += 1
-            report.instances += k
-            pixels += image.shape[0] * image.shape[1]
-            if (n + 1) % LOG_EVERY == 0:
-                log.info(f"predict: {n + 1}/{len(files)} images, {report.instances} instances "
-                         f"({time.perf_counter() - started:.0f} s)")
+            report.instances += n
+            pixels += row["pixels"]
         table = points_table({
             "image_id": pa.array(columns["image_id"], pa.string()),
             "x": np.asarray(columns["x"], np.float64), "y": np.asarray(columns["y"], np.float64),
@@ -184,11 +221,61 @@ def run(
             "nucleus_radius_px": "estimate" if radius == ESTIMATE else radius,
             "image_nucleus_radius_px_median": float(np.median(radii)), "markers": markers,
             "params": dataclasses.asdict(predict), "spec": json.loads(json.dumps(loaded.spec.to_dict())),
+            **({"failed": [{"path": p, "reason": r} for p, r in report.failed]} if report.failed else {}),
         })
     report.seconds = round(time.perf_counter() - started, 3)
     report.megapixels = round(pixels / 1e6, 4)
     report.megapixels_per_s = round(pixels / 1e6 / max(report.seconds, 1e-9), 4)
     return report
+
+
+@dataclass(frozen=True)
+class PredictSpec:
+    """What every image's work shares: the model folder, the ``predict`` params, the nucleus radius setting and
+    the staging folder (paths as strings: a worker on another machine mounts them at the same paths)."""
+
+    model: str
+    predict: PredictParams
+    radius: float | str | None
+    staging: str
+
+
+#: students loaded in this process (a Dask worker predicts many images with one), by folder + weights file state
+_MODELS: dict[tuple, LoadedModel] = {}
+
+
+def _model_key(model: str, device: str) -> tuple:
+    weights = Path(model) / WEIGHTS_FILE
+    stat = weights.stat() if weights.is_file() else None
+    return (str(Path(model).resolve()), device, None if stat is None else (stat.st_mtime_ns, stat.st_size))
+
+
+def _cached_model(model: str, device: str) -> LoadedModel:
+    key = _model_key(model, device)
+    if key not in _MODELS:
+        _MODELS.clear()  # one student at a time
+        _MODELS[key] = load_model(model, map_location=resolve_device(device, setting="predict.device"))
+    return _MODELS[key]
+
+
+def predict_image(spec: PredictSpec, item: tuple[str, str]) -> dict:
+    """Segment one image ``(output path relative to the staging folder, image path)``: writes its instances
+    (int32 ``.tif``) below ``spec.staging`` and returns its row: ``image_id`` (content id), ``centres`` (K, 2)
+    float64 (x, y) px, ``scores`` (K,) float32, ``nucleus_radius_px`` and ``pixels`` (H * W).
+
+    Raises :class:`nucleate.io.ImageError` / ``OSError`` for an image that cannot be read (a per-image failure),
+    :class:`PredictError` for a radius that cannot be estimated."""
+    rel, path = item
+    loaded = _cached_model(spec.model, spec.predict.device)
+    image = read_image(path)
+    try:
+        seg = segment_image(loaded, image, spec.predict, nucleus_radius_px=spec.radius)
+    except ValueError as exc:  # a radius that cannot be estimated: name the image
+        raise PredictError(f"{path}: {exc}") from None
+    write_labels(Path(spec.staging) / rel, seg.labels)
+    return {"image_id": content_id(path), "centres": np.asarray(seg.centres, np.float64),
+            "scores": np.asarray(seg.scores), "nucleus_radius_px": float(seg.nucleus_radius_px),
+            "pixels": int(image.shape[0] * image.shape[1])}
 
 
 def _images_root(images: str | Path | None, manifest: str | Path | None) -> Path:
@@ -213,12 +300,13 @@ def command(
         None, help="Nucleus radius of the images in pixels, or 'estimate' (per image); default: the same "
                    "magnification as the training images."),
     manifest: Path = typer.Option(LAYOUT.manifest, help="Manifest whose root is the default --images."),
+    strict: bool = typer.Option(False, help="Fail (write nothing) if any image cannot be read."),
 ) -> None:
     """Segment nuclei in every image of a folder with the trained student: instances + centre points."""
     cfg = load_params_or_exit(params)
     with stage_errors():
         report = run(cfg.predict, cfg.labels, model=model, images=images, out=out,
-                     nucleus_radius_px=nucleus_radius_px, manifest=manifest)
+                     nucleus_radius_px=nucleus_radius_px, manifest=manifest, strict=strict)
     for line in report.lines():
         typer.echo(line)
 

@@ -23,13 +23,20 @@ every nucleus it recovers). The stage fails, names every gold image with the fai
 nothing when a mean over the gold images falls below its floor: ``pseudomask.min_gold_dice`` (labeled
 Dice), ``min_gold_labeled_fraction`` or ``min_gold_whole_dice``. The scores go to ``qc`` (JSON).
 
+An annotated image that cannot be read is reported (a ``failed ...`` log line, ``failed`` in the index
+metadata and the QC file) and gets no mask; the others are done (``--strict``: the stage fails instead).
 The output folder is built beside ``out`` and swapped in whole (:func:`nucleate.io.atomic.atomic_dir`),
-so a failure (bad point, unreadable image, QC) never leaves a half-written set of masks.
+so a failure (bad point, QC, ``--strict``) never leaves a half-written set of masks.
+
+Each image's masks are made by :func:`mask_image` (top-level, picklable: it writes that image's maps into
+the staging folder and returns its index row), in this process or, with ``NUCLEATE_DASK`` set, on a Dask
+cluster (:mod:`tasks._map`); the outputs are the same byte for byte.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -59,9 +66,14 @@ from nucleate.io import (
 )
 from nucleate.metrics import dice, segmentation_scores
 from nucleate.pseudomask import IGNORE, NUCLEUS, PointError, PseudoMask, from_points
+from tasks._map import SEQUENTIAL, Mapper, open_mapper, per_image_failure
 from tasks._stage import Report, StageError, load_params_or_exit, logger, run_alone, stage_errors
 
-__all__ = ["GATES", "PseudomaskError", "PseudomaskReport", "QCError", "command", "main", "run"]
+__all__ = ["GATES", "MaskItem", "MaskSpec", "PseudomaskError", "PseudomaskReport", "QCError", "command", "main",
+           "mask_image", "run"]
+
+#: errors of one image that leave it out (reported) instead of failing the stage: it cannot be read
+PER_IMAGE_ERRORS: tuple[type[BaseException], ...] = (ImageError, OSError)
 
 #: QC measure (mean over gold images) -> (params field holding its floor, words for people)
 GATES: dict[str, tuple[str, str]] = {
@@ -92,10 +104,12 @@ class PseudomaskReport(Report):
     qc: str = "not run"
     gold: dict[str, dict[str, float | str]] = field(default_factory=dict)
     gold_mean: dict[str, float] = field(default_factory=dict)
+    failed: list[tuple[str, str, str]] = field(default_factory=list)  # (image_id, path, reason)
 
     def lines(self) -> list[str]:
         """A summary line and the gold QC outcome."""
         extra = f" ({self.unclicked} unclicked blobs kept)" if self.unclicked else ""
+        extra += f", {len(self.failed)} failed" if self.failed else ""
         return [f"pseudomasks: {self.images} images, {self.points} points, {self.instances} instances{extra} "
                 f"({self.method}) -> {self.index.parent}", f"qc: {self.qc}"]
 
@@ -110,11 +124,16 @@ def run(
     images: str | Path | None = None,
     gold_masks: str | Path | None = None,
     qc: str | Path | None = None,
+    strict: bool = False,
+    mapper: Mapper | None = None,
     log: logging.Logger | None = None,
 ) -> PseudomaskReport:
     """Write the pseudo-masks of every annotated image and the index under ``out``; see the module docstring.
 
     ``pseudomask`` and ``seed`` are the params.yaml values (``params.pseudomask``, ``params.seed``).
+    An image that cannot be read is reported (log line, ``report.failed``, the index's and QC file's
+    ``failed``) and left out; the others are done (``strict``: fail instead, writing nothing). ``mapper``:
+    where the per-image work runs (:mod:`tasks._map`; None: ``NUCLEATE_DASK``, else here; same outputs).
     Raises :class:`MissingInput` for a missing points table, manifest or gold-mask folder,
     :class:`PseudomaskError` for bad input, :class:`QCError` when the gold gate fails,
     :class:`nucleate.io.TableError` for a malformed table.
@@ -145,61 +164,64 @@ def run(
     # gold images first, so the QC gate fails before the pool is processed
     todo = sorted(rows_of, key=lambda i: (entries[i]["split"] != "gold", entries[i]["path"]))
     report = PseudomaskReport(out / "index.parquet", pseudomask.method)
-    index: dict[str, list] = {k: [] for k in ("image_id", "semantic_path", "instances_path", "voronoi_path",
-                                              "cluster_path", "method", "n_points", "n_instances")}
     started = time.perf_counter()
-    with atomic_dir(out) as staging:
-        gate_done = False
-        for n, image_id in enumerate(todo):
-            entry = entries[image_id]
-            if not gate_done and entry["split"] != "gold":
+    with open_mapper(mapper) as where, atomic_dir(out) as staging:
+        if where is not SEQUENTIAL:
+            log.info(f"pseudomasks: {len(todo)} images on {where.name}")
+        spec = MaskSpec(pseudomask, seed, str(root), str(staging), None if gold_dir is None else str(gold_dir),
+                        str(points_path))
+        items = [(image_id, MaskItem(image_id, entries[image_id]["path"], entries[image_id]["split"] == "gold",
+                                     xy[rows_of[image_id]], np.asarray(rows_of[image_id], np.int64)))
+                 for image_id in todo]
+        n_gold = sum(1 for _, item in items if item.gold)
+        done: dict[int, dict] = {}
+        for phase, offset in ((items[:n_gold], 0), (items[n_gold:], n_gold)):
+            if offset:  # the gold images are done: gate before the pool
                 _gate(report, pseudomask, gold_dir, log)
-                gate_done = True
-            rows = rows_of[image_id]
-            try:
-                image = read_image(root / entry["path"])
-            except (ImageError, FileNotFoundError) as exc:
-                raise PseudomaskError(f"image {image_id} ({entry['path']}): {exc}") from None
-            try:
-                pm = from_points(image, xy[rows], params=pseudomask, seed=seed)
-            except PointError as exc:
-                raise PseudomaskError(
-                    f"{points_path}: row {int(rows[exc.index])} (image_id {image_id}, {entry['path']}): {exc}"
-                ) from None
-            paths = _write_maps(staging, image_id, pm)
-            for key, value in (("image_id", image_id), *paths.items(), ("method", pm.method),
-                               ("n_points", pm.n_points), ("n_instances", pm.n_instances)):
-                index[key].append(value)
-            report.images += 1
-            report.points += pm.n_points
-            report.instances += pm.n_instances
-            report.unclicked += pm.n_unclicked
-            if entry["split"] == "gold" and gold_dir is not None:
-                mask_path = find_labels(gold_dir, entry["path"])
-                if mask_path is None:
-                    log.info(f"qc: gold image {entry['path']} has no ground-truth mask under {gold_dir}; not scored")
+            for outcome in where.map(functools.partial(mask_image, spec), phase):
+                index = offset + outcome.index
+                reason = per_image_failure(outcome, PER_IMAGE_ERRORS)
+                if reason is not None:
+                    report.failed.append((outcome.key, entries[outcome.key]["path"], reason))
+                    log.warning(f"failed {entries[outcome.key]['path']} ({outcome.key}): {reason}")
                 else:
-                    try:
-                        gt = read_labels(mask_path)
-                    except ImageError as exc:
-                        raise PseudomaskError(f"gold mask of image {image_id} ({entry['path']}): {exc}") from None
-                    report.gold[image_id] = _score(gt, pm, entry["path"])
-            if (n + 1) % 100 == 0:
-                log.info(f"pseudomasks: {n + 1}/{len(todo)} images ({time.perf_counter() - started:.0f} s)")
-        if not gate_done:
+                    done[index] = outcome.value
+                    if outcome.value.get("note"):
+                        log.info(outcome.value["note"])
+                finished = len(done) + len(report.failed)
+                if finished % 100 == 0:
+                    log.info(f"pseudomasks: {finished}/{len(todo)} images ({time.perf_counter() - started:.0f} s)")
+            if not offset:  # gold scores in the images' order, whatever order the workers finished in
+                report.gold = {items[k][0]: done[k]["gold"] for k in sorted(done) if done[k]["gold"] is not None}
+        if not n_gold:
             _gate(report, pseudomask, gold_dir, log)
+        position = {image_id: k for k, image_id in enumerate(todo)}
+        report.failed.sort(key=lambda f: position[f[0]])
+        if report.failed and strict:
+            raise PseudomaskError(f"--strict: {len(report.failed)} image(s) could not be read (first: "
+                                  f"{report.failed[0][1]}: {report.failed[0][2]}); nothing written")
+        if items and not done:
+            raise PseudomaskError(f"none of the {len(items)} annotated images could be read (see the lines "
+                                  "above); nothing written")
+        rows = [done[k] for k in sorted(done)]
+        for row in rows:
+            report.images += 1
+            report.points += row["n_points"]
+            report.instances += row["n_instances"]
+            report.unclicked += row["n_unclicked"]
         write_table("pseudomask_index", pa.table({
-            "image_id": pa.array(index["image_id"], pa.string()),
-            "semantic_path": pa.array(index["semantic_path"], pa.string()),
-            "instances_path": pa.array(index["instances_path"], pa.string()),
-            "voronoi_path": pa.array(index["voronoi_path"], pa.string()),
-            "cluster_path": pa.array(index["cluster_path"], pa.string()),
-            "method": pa.array(index["method"], pa.string()),
-            "n_points": pa.array(index["n_points"], pa.int32()),
-            "n_instances": pa.array(index["n_instances"], pa.int32()),
+            "image_id": pa.array([r["image_id"] for r in rows], pa.string()),
+            "semantic_path": pa.array([r["semantic_path"] for r in rows], pa.string()),
+            "instances_path": pa.array([r["instances_path"] for r in rows], pa.string()),
+            "voronoi_path": pa.array([r["voronoi_path"] for r in rows], pa.string()),
+            "cluster_path": pa.array([r["cluster_path"] for r in rows], pa.string()),
+            "method": pa.array([r["method"] for r in rows], pa.string()),
+            "n_points": pa.array([r["n_points"] for r in rows], pa.int32()),
+            "n_instances": pa.array([r["n_instances"] for r in rows], pa.int32()),
         }), staging / "index.parquet", metadata={"method": pseudomask.method, "seed": seed,
                                                   "points_id": content_id(points_path),
-                                                  "params": dataclasses.asdict(pseudomask)})
+                                                  "params": dataclasses.asdict(pseudomask),
+                                                  **({"failed": _failed_json(report.failed)} if report.failed else {})})
     if qc is not None:
         atomic_write_text(qc, json.dumps({
             "method": pseudomask.method,
@@ -207,9 +229,67 @@ def run(
             "gold_mean": report.gold_mean,
             "gold_mean_labeled_dice": report.gold_mean.get("labeled_dice"),
             "gold": report.gold, "images": report.images, "points": report.points, "instances": report.instances,
-            "unclicked": report.unclicked,
+            "unclicked": report.unclicked, "failed": _failed_json(report.failed),
         }, indent=1, sort_keys=True) + "\n")
     return report
+
+
+@dataclass(frozen=True)
+class MaskSpec:
+    """What every image's work shares: the params, the folders (as strings: a worker may be another machine
+    that mounts them at the same paths) and the points table's path (for messages)."""
+
+    pseudomask: PseudomaskParams
+    seed: int
+    root: str
+    staging: str
+    gold_dir: str | None
+    points_path: str
+
+
+@dataclass(frozen=True)
+class MaskItem:
+    """One annotated image: its id, path under the image folder, gold or not, its points (n, 2) float64 px
+    (x, y) and their rows in the points table."""
+
+    image_id: str
+    path: str
+    gold: bool
+    xy: np.ndarray
+    rows: np.ndarray
+
+
+def mask_image(spec: MaskSpec, item: MaskItem) -> dict:
+    """Pseudo-masks of one image, written below ``spec.staging``; its index row (``cluster_path`` None when
+    absent), ``n_unclicked``, ``gold`` (its QC scores, or None) and ``note`` (a line to log, or None).
+
+    Raises :class:`nucleate.io.ImageError` / ``OSError`` for an image that cannot be read (a per-image
+    failure), :class:`PseudomaskError` for a bad point or gold mask (an input the user must fix)."""
+    image = read_image(Path(spec.root) / item.path)
+    try:
+        pm = from_points(image, item.xy, params=spec.pseudomask, seed=spec.seed)
+    except PointError as exc:
+        raise PseudomaskError(
+            f"{spec.points_path}: row {int(item.rows[exc.index])} (image_id {item.image_id}, {item.path}): {exc}"
+        ) from None
+    row = {"image_id": item.image_id, **_write_maps(Path(spec.staging), item.image_id, pm), "method": pm.method,
+           "n_points": pm.n_points, "n_instances": pm.n_instances, "n_unclicked": pm.n_unclicked,
+           "gold": None, "note": None}
+    if item.gold and spec.gold_dir is not None:
+        mask_path = find_labels(Path(spec.gold_dir), item.path)
+        if mask_path is None:
+            row["note"] = f"qc: gold image {item.path} has no ground-truth mask under {spec.gold_dir}; not scored"
+        else:
+            try:
+                gt = read_labels(mask_path)
+            except ImageError as exc:
+                raise PseudomaskError(f"gold mask of image {item.image_id} ({item.path}): {exc}") from None
+            row["gold"] = _score(gt, pm, item.path)
+    return row
+
+
+def _failed_json(failed: list[tuple[str, str, str]]) -> list[dict[str, str]]:
+    return [{"image_id": i, "path": p, "reason": r} for i, p, r in failed]
 
 
 def _write_maps(staging: Path, image_id: str, pm: PseudoMask) -> dict[str, str | None]:
@@ -288,12 +368,13 @@ def command(
         None, help="Ground-truth masks mirroring the image folder; enables the gold QC gate."
     ),
     qc: Path = typer.Option(LAYOUT.pseudomask_qc, help="Write the counts and gold QC scores here (JSON)."),
+    strict: bool = typer.Option(False, help="Fail (write nothing) if any annotated image cannot be read."),
 ) -> None:
     """Make pseudo-masks (Qu et al. Voronoi + cluster labels) from the clicked points of every annotated image."""
     cfg = load_params_or_exit(params)
     with stage_errors():
         report = run(cfg.pseudomask, cfg.seed, points=points, manifest=manifest, out=out, images=images,
-                     gold_masks=gold_masks, qc=qc)
+                     gold_masks=gold_masks, qc=qc, strict=strict)
     for line in report.lines():
         typer.echo(line)
 

@@ -12,16 +12,22 @@ only the new images run through the model. An unreadable image is reported on it
 left out; the others are scored (``--strict`` fails the stage instead, writing nothing).
 Progress: a tqdm bar when stderr is a terminal, plain ``teacher: N/M images`` log lines otherwise.
 ``workers`` (decoding threads) is a keyword of ``run()`` and a CLI option, not a ``params.yaml`` key: it
-changes speed, never the probabilities (it is not in the cache key), like a thread count.
+changes speed, never the probabilities (it is not in the cache key), like a thread count. Likewise ``mapper``
+(:mod:`tasks._map`; the CLI takes it from ``NUCLEATE_DASK``): on a Dask cluster, each chunk of images is
+loaded and scored by a worker (:func:`score_chunk_task`), which returns only the chunk's rows; the chunks are
+the same as in-process, so are the probabilities.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -29,12 +35,17 @@ from nucleate.config import TeacherParams
 from nucleate.io import read_image, read_table, table_metadata, write_table
 from nucleate.io.layout import LAYOUT
 from nucleate.teacher import ProbsCache, load_teacher, score_images
+from nucleate.teacher.base import Teacher
+from nucleate.teacher.score import ChunkRunner, score_chunk
+from tasks._map import SEQUENTIAL, Mapper, open_mapper
 from tasks._stage import Report, StageError, load_params_or_exit, logger, run_alone, stage_errors
 
-__all__ = ["TeacherReport", "teacher_options", "run", "command", "main"]
+__all__ = ["TeacherReport", "teacher_options", "run", "command", "main", "score_chunk_task"]
 
 #: threads decoding images ahead of the model (execution tuning: changes speed, never the probabilities)
 DEFAULT_WORKERS = 2
+#: images per teacher batch, and per Dask task (execution tuning: the same chunks wherever they run)
+CHUNK_IMAGES = 64
 
 
 @dataclass
@@ -91,6 +102,53 @@ class _Progress:
             self.last_line, self.last_pct = now, pct
 
 
+@dataclass(frozen=True)
+class ChunkSpec:
+    """What a worker needs to score a chunk: the teacher (backend + options) and the image folder."""
+
+    backend: str
+    options: dict[str, Any]
+    root: str
+
+
+#: teachers loaded in this process (a Dask worker scores many chunks with one), by their options
+_TEACHERS: dict[str, Teacher] = {}
+
+
+def _cached_teacher(backend: str, options: dict[str, Any]) -> Teacher:
+    key = json.dumps([backend, options], sort_keys=True, default=str)
+    if key not in _TEACHERS:
+        if backend in ("clip", "conse"):
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        _TEACHERS.clear()  # one teacher at a time: they can be large
+        _TEACHERS[key] = load_teacher(backend, **options)
+    return _TEACHERS[key]
+
+
+def score_chunk_task(spec: ChunkSpec, chunk: list[tuple[str, str]]) -> tuple[dict, list[tuple[str, str]]]:
+    """Score one chunk of ``(image_id, path relative to spec.root)`` in this process (a Dask worker):
+    ``(image_id -> (C,) float32 probabilities, [(image_id, reason)] of the images that failed)``."""
+    model = _cached_teacher(spec.backend, spec.options)
+    paths = dict(chunk)
+    return score_chunk(model, [i for i, _ in chunk], lambda image_id: read_image(Path(spec.root) / paths[image_id]))
+
+
+def _chunk_runner(mapper: Mapper, spec: ChunkSpec, paths: dict[str, str]) -> ChunkRunner:
+    """Chunks scored by ``mapper`` (one task per chunk); an error that is not about one image is raised."""
+
+    def run_chunks(chunks: list[list[str]]):
+        items = [(part[0], [(i, paths[i]) for i in part]) for part in chunks]
+        for outcome in mapper.map(functools.partial(score_chunk_task, spec), items):
+            if outcome.error is not None:
+                raise outcome.error
+            rows, failed = outcome.value
+            yield chunks[outcome.index], rows, failed
+
+    return run_chunks
+
+
 def run(
     teacher: TeacherParams,
     *,
@@ -100,12 +158,14 @@ def run(
     cache: str | Path | None = None,
     strict: bool = False,
     workers: int = DEFAULT_WORKERS,
+    mapper: Mapper | None = None,
     log: logging.Logger | None = None,
 ) -> TeacherReport:
     """Score every manifest image with the ``teacher`` params and write the ``teacher_probs`` table to ``out``.
 
     ``images`` overrides the image folder stored in the manifest; ``cache`` is the score cache folder
-    (None = no cache); ``workers`` threads decode images ahead of the model (speed only). Raises
+    (None = no cache); ``workers`` threads decode images ahead of the model (speed only); ``mapper`` scores
+    the chunks elsewhere (None: the one ``NUCLEATE_DASK`` names, else in this process; speed only). Raises
     :class:`StageError` when no image could be scored, or with ``strict`` when any failed (``out`` is then
     left untouched); ``MissingInput`` without a manifest; ``TeacherError`` for configuration problems.
     """
@@ -118,23 +178,8 @@ def run(
     if not paths:
         raise StageError(f"{manifest}: the manifest has no images; run `nucleate ingest FOLDER` first")
 
-    backend, options = teacher_options(teacher)
-    if backend in ("clip", "conse"):
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # "Loading weights" bars; our own progress follows
-    model = load_teacher(backend, **options)
-    log.info("teacher: %s, %d images, classes %s", model.teacher_id, len(paths), ", ".join(model.classes))
-    store = None
-    if cache is not None:
-        Path(cache).mkdir(parents=True, exist_ok=True)
-        store = ProbsCache(cache, log=log.info)
-
-    def load(image_id: str):
-        return read_image(root / paths[image_id])
-
-    result = score_images(model, list(paths), load, cache=store, workers=workers,
-                          progress=_Progress(log, sys.stderr.isatty()))
+    with open_mapper(mapper) as where:  # a cluster that cannot be reached fails here, before anything is written
+        result, model = _score(teacher, where, paths, root, cache, workers, log)
     failed = [(image_id, paths[image_id], reason) for image_id, reason in result.failed]
     for image_id, rel, reason in failed:
         log.warning("failed %s (%s): %s", rel, image_id, reason)
@@ -150,6 +195,32 @@ def run(
     })
     return TeacherReport(out, model.teacher_id, len(result.image_ids), result.computed, result.from_cache,
                          failed, time.perf_counter() - started)
+
+
+def _score(teacher: TeacherParams, where: Mapper, paths: dict[str, str], root: Path, cache: str | Path | None,
+           workers: int, log: logging.Logger):
+    """(score result, teacher) of every image in ``paths`` (image_id -> path under ``root``)."""
+    backend, options = teacher_options(teacher)
+    if backend in ("clip", "conse"):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # "Loading weights" bars; our own progress follows
+    model = load_teacher(backend, **options)
+    log.info("teacher: %s, %d images, classes %s", model.teacher_id, len(paths), ", ".join(model.classes))
+    store = None
+    if cache is not None:
+        Path(cache).mkdir(parents=True, exist_ok=True)
+        store = ProbsCache(cache, log=log.info)
+
+    def load(image_id: str):
+        return read_image(root / paths[image_id])
+
+    runner = None
+    if where is not SEQUENTIAL:
+        log.info("teacher: scoring on %s", where.name)
+        runner = _chunk_runner(where, ChunkSpec(backend, options, str(root)), paths)
+    return score_images(model, list(paths), load, cache=store, workers=workers, chunk=CHUNK_IMAGES,
+                        progress=_Progress(log, sys.stderr.isatty()), run_chunks=runner), model
 
 
 def command(

@@ -114,8 +114,8 @@ def test_cli_bad_inputs_give_one_line_each_and_leave_the_output_alone(model_dir,
     bad = tmp_path / "bad"
     shutil.copytree(images, bad)
     tifffile.imwrite(bad / "pool" / "float.tif", np.zeros((16, 16), np.float32))
-    line = _cli(repo_root, "--model", model_dir, "--images", bad, *args)
-    assert "float.tif: unsupported pixel type float32" in line
+    line = _cli(repo_root, "--model", model_dir, "--images", bad, "--strict", *args)  # else: reported, others done
+    assert "--strict: 1 image(s) could not be predicted" in line and "float.tif: unsupported pixel type float32" in line
     assert "--nucleus-radius-px must be" in _cli(repo_root, "--model", model_dir, "--images", images,
                                                  "--nucleus-radius-px", "big", *args)
     assert "inside the image folder" in _cli(repo_root, "--model", model_dir, "--images", images,

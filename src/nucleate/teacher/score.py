@@ -22,9 +22,12 @@ from nucleate.io import probs_table
 from nucleate.teacher.base import Teacher
 from nucleate.teacher.cache import ProbsCache
 
-__all__ = ["ScoreResult", "score_images"]
+__all__ = ["ChunkRunner", "ScoreResult", "score_chunk", "score_images"]
 
 Loader = Callable[[str], Any]
+#: ``run(chunks) -> (chunk, rows, failed)`` per chunk, in any order: scores the chunks elsewhere
+#: (e.g. on a Dask cluster, each with :func:`score_chunk`); rows map image_id -> (C,) float32 probabilities
+ChunkRunner = Callable[[list[list[str]]], Iterable[tuple[list[str], dict[str, np.ndarray], list[tuple[str, str]]]]]
 
 
 @dataclass
@@ -69,6 +72,28 @@ def _predict_chunk(teacher: Teacher, ids: list[str], arrays: list[Any]) -> tuple
     return rows, failed
 
 
+def score_chunk(teacher: Teacher, ids: list[str], load: Loader | None = None) -> tuple[dict, list[tuple[str, str]]]:
+    """(rows, failed) of one chunk, loading its images one by one (``load`` None: a teacher that scores ids).
+
+    The same rows as :func:`score_images` computes in-process for that chunk (same batch of images)."""
+    if not teacher.needs_pixels:
+        return _predict_chunk(teacher, ids, ids)
+    if load is None:
+        raise TypeError(f"the {teacher.backend} teacher scores pixels: pass load(image_id) -> array")
+    ok_ids, arrays, failed = [], [], []
+    for image_id in ids:
+        array, reason = _safe_load(load, image_id)
+        if reason is None:
+            ok_ids.append(image_id)
+            arrays.append(array)
+        else:
+            failed.append((image_id, reason))
+    if not ok_ids:
+        return {}, failed
+    rows, bad = _predict_chunk(teacher, ok_ids, arrays)
+    return rows, failed + bad
+
+
 def score_images(
     teacher: Teacher,
     image_ids: Iterable[str],
@@ -78,12 +103,15 @@ def score_images(
     chunk: int = 64,
     workers: int = 2,
     progress: Callable[[int, int], None] | None = None,
+    run_chunks: ChunkRunner | None = None,
 ) -> ScoreResult:
     """Probabilities for every image id (duplicates scored once, first-occurrence order).
 
     ``load(image_id)`` returns an ``(H, W)`` / ``(H, W, 3)`` array (``OSError`` / ``ValueError`` for
     a bad image); it is not needed for teachers that score ids (``file``). ``progress(done, total)``
     is called after every chunk, counting images that need computing (cache hits excluded).
+    ``run_chunks`` scores the chunks of ``chunk`` images elsewhere (see :data:`ChunkRunner`) instead of here;
+    the chunks, hence the rows, are the same. ``failed`` is in input order.
     """
     ids = list(dict.fromkeys(image_ids))
     classes = tuple(teacher.classes)
@@ -104,7 +132,17 @@ def score_images(
                        templates=teacher.templates)
 
     try:
-        if not teacher.needs_pixels:
+        if run_chunks is not None:
+            chunks = [todo[s : s + max(1, chunk)] for s in range(0, total, max(1, chunk))]
+            for part, got, bad in run_chunks(chunks):
+                rows.update(got)
+                failed.extend(bad)
+                if teacher.needs_pixels:
+                    computed += len(got)
+                done += len(part)
+                if progress:
+                    progress(done, total)
+        elif not teacher.needs_pixels:
             for start in range(0, total, max(1, chunk)):
                 part = todo[start : start + chunk]
                 got, bad = _predict_chunk(teacher, part, part)
@@ -143,6 +181,8 @@ def score_images(
     finally:
         flush()
 
+    position = {image_id: k for k, image_id in enumerate(ids)}
+    failed.sort(key=lambda f: position.get(f[0], len(ids)))
     out_ids = [i for i in ids if i in rows or i in cached]
     probs = (np.stack([rows[i] if i in rows else cached[i] for i in out_ids]).astype(np.float32)
              if out_ids else np.zeros((0, len(classes)), np.float32))

@@ -175,7 +175,7 @@ def _postmaster(pg: LocalPostgres) -> int:
 def _pg_version(pg: LocalPostgres) -> str:
     import subprocess
 
-    return subprocess.run([str(pg.pg_bin / "postgres"), "--version"], capture_output=True, text=True).stdout.split()[-1]
+    return subprocess.run([str(pg.pg_bin / "postgres"), "--version"], capture_output=True, text=True).stdout.split()[2]
 
 
 def _bench(args, conn, ad: Adapter, one: Adapter, manifest: pa.Table, gt: pa.Table, start_s: float,

@@ -12,7 +12,8 @@ The superuser's password is random, lives only in this object (and in the enviro
 and TCP logins need it (scram-sha-256); logins over the unix socket are trusted (only the cluster's owner can
 reach the socket's folder). PostgreSQL refuses to run as root: when this process is root, the cluster belongs to
 the ``postgres`` user (made by Debian's package) or else ``nobody``, and its programs run through ``runuser``.
-``durable=False`` turns off fsync and synchronous commits (tests: faster migrations, nothing to keep).
+``durable=False`` turns off fsync and synchronous commits (tests: faster migrations, nothing to keep);
+``settings``: more server settings (``{"default_toast_compression": "lz4"}``).
 """
 
 from __future__ import annotations
@@ -56,8 +57,9 @@ class LocalPostgres:
     on 127.0.0.1:``port`` (free port) and on a unix socket in ``socket_dir``."""
 
     def __init__(self, *, name: str = "labelstudio", user: str = "nucleate", durable: bool = True,
-                 pg_bin: Path | None = None):
+                 pg_bin: Path | None = None, settings: dict[str, str] | None = None):
         self.name, self.user, self.durable = name, user, durable
+        self.settings = dict(settings or {})
         self.pg_bin = Path(pg_bin) if pg_bin else find_pg_bin()
         self._password = secrets.token_urlsafe(24)
         self.root: Path | None = None
@@ -159,6 +161,7 @@ class LocalPostgres:
         opts = [f"-p {self.port}", "-c listen_addresses=127.0.0.1", f"-k {self.socket_dir}"]
         if not self.durable:
             opts += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+        opts += [f"-c {k}={v}" for k, v in self.settings.items()]
         self._cmd([str(self.pg_bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log_path), "-w",
                    "-t", str(int(timeout)), "-o", " ".join(opts), "start"], timeout=timeout + 10)
 

@@ -108,7 +108,7 @@ except psycopg.OperationalError as exc:
             else 'database' if 'database' in low and 'does not exist' in low
             else 'role' if 'role' in low and 'does not exist' in low else 'unreachable')
     first = (msg.strip().splitlines() or [''])[0]
-    print(kind, first.split('failed: ', 1)[-1].replace('FATAL:', '').strip()); sys.exit(2)
+    print(kind, first.rsplit('failed: ', 1)[-1].replace('FATAL:', '').strip()); sys.exit(2)
 print('ok')
 """
 
@@ -131,8 +131,8 @@ def check_postgres(settings: PostgresSettings, python: Path, env: Mapping[str, s
         return
     where = f"PostgreSQL at {settings.where}"
     if kind == "password":
-        msg = (f"{where} rejected user {settings.user!r}'s password: set POSTGRE_PASSWORD to that user's password "
-               f"(and POSTGRE_USER if it is another user)")
+        msg = (f"{where} rejected the password of user {settings.user!r}: set POSTGRE_PASSWORD to that user's "
+               "password, or POSTGRE_USER to the right user")
     elif kind == "database":
         msg = (f"{where}: database {settings.name!r} does not exist: create it (createdb -h {settings.host} "
                f"-p {settings.port} -U {settings.user} {settings.name}) or set POSTGRE_NAME to an existing one")

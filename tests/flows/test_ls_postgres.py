@@ -157,7 +157,8 @@ def test_postgres_down_or_wrong_password_is_one_line_and_changes_nothing(pg_ls, 
     code, out = _up(data, pg_cluster.env(password=wrong))
     lines = out.strip().splitlines()
     assert code == 1 and len(lines) == 1, out
-    assert lines[0].startswith(f"error: {where} rejected user 'nucleate'") and "POSTGRE_PASSWORD" in lines[0]
+    assert lines[0].startswith(f"error: {where} rejected the password of user 'nucleate'")
+    assert "POSTGRE_PASSWORD" in lines[0]
     assert wrong not in out and pg_cluster.password() not in out
 
     pg_cluster.stop()                        # PostgreSQL down

@@ -21,14 +21,16 @@ help:
 	@echo "make test   # set up, then run the test suite (CI runs this)"
 
 # Label Studio server in its own venv (its pins clash with ours); the project venv has only the SDK.
+# pyuwsgi: the uWSGI that Label Studio's `uwsgi` extra pins, for `nucleate ls up --workers N` on PostgreSQL
+# (its PostgreSQL driver, psycopg 3, comes with label-studio).
 LS_VENV := .venv-ls
 LS_STAMP := $(LS_VENV)/.nucleate-ls-setup
 
 setup: $(STAMP) $(LS_STAMP)
 
-$(LS_STAMP):
+$(LS_STAMP): Makefile
 	test -x $(LS_VENV)/bin/python || python3 -m venv $(LS_VENV)
-	$(LS_VENV)/bin/python -m pip install -q label-studio==1.23.2 $(QUIET)
+	$(LS_VENV)/bin/python -m pip install -q label-studio==1.23.2 pyuwsgi==2.0.28.post1 $(QUIET)
 	touch $(LS_STAMP)
 
 # torch first: on a CPU machine (no nvidia-smi) the local 2.13.0 CPU wheel, never the multi-GB CUDA build.

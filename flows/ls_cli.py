@@ -54,18 +54,31 @@ def _ls_errors():
 def up(
     data_dir: Path = _DATA,
     port: int = typer.Option(None, help="Port on 127.0.0.1 (default: the previous one if free, else any free one)."),
+    workers: int = typer.Option(None, envvar="NUCLEATE_LS_WORKERS", min=1,
+                                help="Server processes (uWSGI; more than 1 needs PostgreSQL). Default: 1 on SQLite, "
+                                     "2 per CPU core on PostgreSQL."),
 ) -> None:
     """Start the local Label Studio server (first start: database + admin user + token, ~30-80 s).
 
     The data dir is made owner-only (0700 / 0600; the server runs with umask 077): its database holds every
     annotation and the admin's API token. Anything in it that other users could read is fixed, with a line.
+
+    PostgreSQL: set Label Studio's DJANGO_DB=default, POSTGRE_HOST, POSTGRE_PORT, POSTGRE_NAME, POSTGRE_USER and
+    POSTGRE_PASSWORD (the password only ever from the environment); it is checked before anything starts.
     """
     server = LocalServer(data_dir)
     with _ls_errors():
-        state = server.up(port=port, log=lambda line: typer.echo(line, err=True))
+        state = server.up(port=port, log=lambda line: typer.echo(line, err=True), workers=workers)
     creds = server.credentials()
-    typer.echo(f"Label Studio {LS_VERSION} running at {state['url']} (pid {state['pid']})")
+    typer.echo(f"Label Studio {LS_VERSION} running at {state['url']} (pid {state['pid']}; {_serving(state)})")
     typer.echo(f"log in as {creds['email']}; password and API token: {data_dir / 'credentials.json'}")
+
+
+def _serving(state: dict) -> str:
+    """``"sqlite, 1 process"`` / ``"postgresql HOST:PORT/NAME, 4 uWSGI workers"`` of a server state."""
+    workers = state.get("workers", 1)
+    how = f"{workers} uWSGI workers" if state.get("server") == "uwsgi" else "1 process"
+    return f"{state.get('database', 'sqlite')}, {how}"
 
 
 @ls_app.command("down")
@@ -102,7 +115,7 @@ def status(data_dir: Path = _DATA) -> None:
         typer.echo(f"Label Studio is not running (data dir {data_dir}); start it with `nucleate ls up`")
         raise typer.Exit(1)
     ok = health(state["url"])
-    typer.echo(f"Label Studio running at {state['url']} (pid {state['pid']}): "
+    typer.echo(f"Label Studio running at {state['url']} (pid {state['pid']}; {_serving(state)}): "
                f"{'healthy' if ok else 'not answering /health'}")
     if not ok:
         raise typer.Exit(1)

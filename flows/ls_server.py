@@ -339,18 +339,18 @@ class LocalServer:
                               "and POSTGRE_HOST, POSTGRE_PORT, POSTGRE_NAME, POSTGRE_USER, POSTGRE_PASSWORD, or "
                               "leave --workers out")
         workers = workers or (default_workers() if db is not None else 1)
+        ls_bin = ls_bin or find_ls_bin()
+        if db is not None:  # before anything is written: a database that does not answer leaves no data dir behind
+            try:
+                check_postgres(db, ls_bin.parent / "python", os.environ if self.environ is None else self.environ)
+            except DatabaseError as exc:
+                raise ServerError(str(exc)) from None
         opened = self.make_private()
         if opened:
             log(opened)
         running = self.state()
         if running and health(running["url"]):
             return running
-        ls_bin = ls_bin or find_ls_bin()
-        if db is not None:
-            try:
-                check_postgres(db, ls_bin.parent / "python", os.environ if self.environ is None else self.environ)
-            except DatabaseError as exc:
-                raise ServerError(str(exc)) from None
         if not self.initialised(db):
             where = self.server_data if db is None else f"PostgreSQL {db.where}"
             log(f"ls: first start: creating the database and admin user in {where} (30-80 s)")

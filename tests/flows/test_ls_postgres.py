@@ -160,6 +160,8 @@ def test_postgres_down_or_wrong_password_is_one_line_and_changes_nothing(pg_ls, 
     assert lines[0].startswith(f"error: {where} rejected the password of user 'nucleate'")
     assert "POSTGRE_PASSWORD" in lines[0]
     assert wrong not in out and pg_cluster.password() not in out
+    fresh = tmp_path / "new-ls-data"         # a first `up` with a wrong password leaves no data dir behind
+    assert _up(fresh, pg_cluster.env(password=wrong))[0] == 1 and not fresh.exists()
 
     pg_cluster.stop()                        # PostgreSQL down
     try:

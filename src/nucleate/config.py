@@ -32,6 +32,7 @@ __all__ = [
     "PseudomaskParams",
     "RoundsParams",
     "SelectParams",
+    "SlidesParams",
     "TeacherParams",
     "TrainParams",
     "ParamsError",
@@ -260,6 +261,20 @@ class RoundsParams:
 
 
 @dataclass(frozen=True)
+class SlidesParams:
+    """Whole-slide images: tissue detection once per slide, then a tile grid (:mod:`nucleate.slides`)."""
+
+    target_mpp: float = _f(0.5, gt=0.0, max=100.0)  # tile resolution, µm per pixel (0.5 = 20x)
+    tile_px: int = _f(512, min=16, max=8192)  # tile side, pixels at target_mpp
+    tissue_threshold: float = _f(0.25, min=0.0, max=1.0)  # keep tiles whose tissue fraction is at least this
+    thumbnail_mpp: float = _f(4.0, gt=0.0, max=1000.0)  # tissue mask resolution, µm per pixel
+    min_saturation: float = _f(0.05, min=0.0, max=1.0)  # HSV saturation below this is never tissue (Otsu floor)
+    closing_um: float = _f(16.0, min=0.0, max=10_000.0)  # binary closing disk radius, µm
+    min_object_um2: float = _f(5000.0, min=0.0)  # tissue pieces smaller than this (µm²) are dropped
+    min_hole_um2: float = _f(5000.0, min=0.0)  # holes in tissue smaller than this (µm²) are filled
+
+
+@dataclass(frozen=True)
 class Params:
     """All hyper-parameters; one attribute per top-level key of ``params.yaml``."""
 
@@ -275,6 +290,7 @@ class Params:
     predict: PredictParams = field(default_factory=PredictParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     rounds: RoundsParams = field(default_factory=RoundsParams)
+    slides: SlidesParams = field(default_factory=SlidesParams)
 
 
 def load_params(path: str | Path) -> Params:

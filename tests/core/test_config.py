@@ -73,6 +73,9 @@ def test_unknown_section_is_reported_with_suggestion():
         ({"labels": "nucleus"}, "labels: expected a list of a string"),
         ({"teacher": 3}, "teacher: expected a mapping of keys"),
         ({"seed": -1}, "seed: must be >= 0, got -1"),
+        ({"slides": {"tile_px": 8}}, "slides.tile_px: must be >= 16, got 8"),
+        ({"slides": {"target_mpp": 0}}, "slides.target_mpp: must be > 0.0, got 0.0"),
+        ({"slides": {"tissue_threshold": 1.5}}, "slides.tissue_threshold: must be <= 1.0, got 1.5"),
     ],
 )
 def test_bad_values_name_the_key_path(raw, message):

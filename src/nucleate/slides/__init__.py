@@ -1,0 +1,29 @@
+"""Whole-slide images (issue 13, item 1): open a slide, find its tissue once, tile it lazily.
+
+Coordinates follow DESIGN.md's points convention everywhere: float64 ``x`` = column, ``y`` = row, origin at
+the top-left *corner* of the top-left pixel; "level-0 px" are pixels of the slide's full-resolution level.
+
+* :func:`open_slide` -> :class:`Slide` (levels, downsamples, level-0 µm/px, region reads), :class:`SlideError`
+* :func:`tissue_mask` -> :class:`TissueMask` (computed once per slide from a low-resolution thumbnail)
+* :func:`tile_grid` -> list of :class:`Tile` (kept by tissue fraction), :func:`tile_to_slide` / :func:`slide_to_tile`
+* :func:`read_tile` -> the tile's pixels at the target resolution, read lazily from the best level
+"""
+
+from nucleate.slides.coords import slide_to_tile, tile_to_slide
+from nucleate.slides.grid import Tile, tile_grid
+from nucleate.slides.read import read_tile
+from nucleate.slides.reader import Slide, SlideError, open_slide
+from nucleate.slides.tissue import TissueMask, tissue_mask
+
+__all__ = [
+    "Slide",
+    "SlideError",
+    "Tile",
+    "TissueMask",
+    "open_slide",
+    "read_tile",
+    "slide_to_tile",
+    "tile_grid",
+    "tile_to_slide",
+    "tissue_mask",
+]

@@ -1,0 +1,158 @@
+"""Opening a slide with ``tiffslide``: pyramid levels, level-0 resolution, bounded region reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["Slide", "SlideError", "open_slide"]
+
+#: vendor formats that tiffslide cannot read (openslide can)
+OPENSLIDE_ONLY = (".mrxs", ".vms", ".vmu", ".scn", ".bif", ".svslide")
+
+
+class SlideError(ValueError):
+    """A slide that cannot be used; the message is one line and names the file."""
+
+
+class Slide:
+    """An open whole-slide image.
+
+    Attributes:
+        path: the file.
+        slide_id: identifier used in tile rows (default: the file name without suffix).
+        level_dimensions: ``(width, height)`` per level, px at that level; level 0 = full resolution.
+        level_downsamples: level-0 px per level px, per level (1.0 for level 0).
+        mpp: ``(x, y)`` level-0 micrometres per pixel (from metadata, or the ``mpp`` given to :func:`open_slide`).
+    """
+
+    def __init__(self, handle, path: Path, slide_id: str, mpp: tuple[float, float]):
+        self._handle = handle
+        self.path = path
+        self.slide_id = slide_id
+        self.mpp = mpp
+        self.level_dimensions: tuple[tuple[int, int], ...] = tuple((int(w), int(h)) for w, h in handle.level_dimensions)
+        self.level_downsamples: tuple[float, ...] = tuple(float(d) for d in handle.level_downsamples)
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """Level-0 ``(width, height)`` in px."""
+        return self.level_dimensions[0]
+
+    def level_scale(self, level: int) -> tuple[float, float]:
+        """Level-0 px per level px along ``(x, y)`` from the level's real size (exact, unlike rounded downsamples)."""
+        w0, h0 = self.dimensions
+        w, h = self.level_dimensions[level]
+        return w0 / w, h0 / h
+
+    def read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """Pixels ``[y, y + height) x [x, x + width)`` *in level px* of ``level`` as uint8 RGB ``(height, width, 3)``.
+
+        Parts outside the level are white (background). Unreadable data raises :class:`SlideError`.
+        """
+        out = np.full((height, width, 3), 255, np.uint8)
+        lw, lh = self.level_dimensions[level]
+        x1, y1 = max(x, 0), max(y, 0)
+        x2, y2 = min(x + width, lw), min(y + height, lh)
+        if x2 <= x1 or y2 <= y1:
+            return out
+        sx, sy = self.level_scale(level)
+        # tiffslide takes the location in level-0 px; the scale is exact here, so it maps back to (x1, y1)
+        location = (int(round(x1 * sx)), int(round(y1 * sy)))
+        try:
+            region = self._handle.read_region(location, level, (x2 - x1, y2 - y1), as_array=True)
+        except Exception as exc:  # noqa: BLE001 - codec / IO errors of every kind become one line
+            raise SlideError(f"{self.path}: cannot read level {level} (truncated or corrupt file?): {exc}") from None
+        out[y1 - y : y2 - y, x1 - x : x2 - x] = _rgb(np.asarray(region))
+        return out
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_slide(
+    path: str | Path, *, mpp: float | tuple[float, float] | None = None, slide_id: str | None = None
+) -> Slide:
+    """Open a pyramidal TIFF / Aperio SVS slide.
+
+    Args:
+        path: the slide file.
+        mpp: level-0 µm per px, ``float`` or ``(x, y)``; overrides the file's metadata (needed when it has none).
+        slide_id: id written into tile rows; default the file name without suffix.
+
+    Raises:
+        SlideError: one line naming the file: missing file, unsupported format, truncated / unreadable file,
+            or no resolution metadata and no ``mpp``.
+    """
+    import tiffslide
+
+    path = Path(path)
+    if not path.is_file():
+        raise SlideError(f"{path}: no such slide file")
+    if path.suffix.lower() in OPENSLIDE_ONLY or not _is_tiff(path):
+        raise SlideError(
+            f"{path}: unsupported slide format (not a TIFF-based slide); nucleate reads Aperio SVS and pyramidal "
+            "TIFF with tiffslide; vendor formats such as NDPI or MRXS need openslide, which is not supported yet"
+        )
+    try:
+        handle = tiffslide.TiffSlide(path)
+        _check_complete(handle, path)
+    except SlideError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise SlideError(f"{path}: cannot read the slide (truncated or corrupt file?): {exc}") from None
+    if mpp is None:
+        props = handle.properties
+        mx, my = props.get("tiffslide.mpp-x"), props.get("tiffslide.mpp-y")
+        if not mx or not my:
+            handle.close()
+            raise SlideError(
+                f"{path}: the slide has no resolution metadata (µm per pixel); pass its level-0 resolution "
+                "(mpp, e.g. 0.25 for 40x or 0.5 for 20x)"
+            )
+        resolution = (float(mx), float(my))
+    else:
+        resolution = (float(mpp), float(mpp)) if np.isscalar(mpp) else (float(mpp[0]), float(mpp[1]))
+    if not all(np.isfinite(r) and r > 0 for r in resolution):
+        handle.close()
+        raise SlideError(f"{path}: resolution must be a positive number of µm per pixel, got {resolution}")
+    return Slide(handle, path, path.stem if slide_id is None else slide_id, resolution)
+
+
+def _is_tiff(path: Path) -> bool:
+    with path.open("rb") as fh:
+        head = fh.read(4)
+    return head in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def _check_complete(handle, path: Path) -> None:
+    """Every level's tile / strip data lies inside the file (a truncated copy fails here, not mid-read)."""
+    size = path.stat().st_size
+    series = handle.ts_tifffile.series[handle.properties.get("tiffslide.series-index") or 0]
+    for level in series.levels:
+        page = level.keyframe
+        offsets = np.asarray(page.dataoffsets, np.int64)
+        counts = np.asarray(page.databytecounts, np.int64)
+        if offsets.size and int((offsets + counts).max()) > size:
+            raise SlideError(f"{path}: truncated file (image data ends past its {size} bytes)")
+    if len(series.levels) != len(handle.level_dimensions):  # pragma: no cover - defensive
+        raise SlideError(f"{path}: inconsistent pyramid")
+
+
+def _rgb(region: np.ndarray) -> np.ndarray:
+    """uint8 RGB ``(h, w, 3)`` from a gray, RGB or RGBA region."""
+    if region.ndim == 2:
+        region = region[..., None]
+    if region.shape[-1] == 1:
+        region = np.repeat(region, 3, axis=-1)
+    region = region[..., :3]
+    if region.dtype != np.uint8:
+        raise SlideError(f"unsupported pixel type {region.dtype} (8-bit RGB slides only)")
+    return region

@@ -1,0 +1,98 @@
+"""Tissue mask of a whole slide, computed once from a low-resolution thumbnail (never per tile)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from nucleate.config import SlidesParams
+from nucleate.slides.reader import Slide
+
+__all__ = ["TissueMask", "thumbnail", "tissue_mask", "tissue_from_rgb"]
+
+
+@dataclass(frozen=True)
+class TissueMask:
+    """Boolean tissue mask ``(h, w)`` of a whole slide.
+
+    ``scale`` = ``(sx, sy)``: level-0 px per mask px along x and y; mask pixel ``(row, col)`` covers level-0
+    ``[col * sx, (col + 1) * sx) x [row * sy, (row + 1) * sy)``. ``mpp`` = µm per mask px ``(x, y)``.
+    """
+
+    mask: np.ndarray
+    scale: tuple[float, float]
+    mpp: tuple[float, float]
+
+    @property
+    def fraction(self) -> float:
+        """Share of the slide's area that is tissue."""
+        return float(self.mask.mean()) if self.mask.size else 0.0
+
+
+def thumbnail(slide: Slide, thumbnail_mpp: float) -> tuple[np.ndarray, tuple[float, float]]:
+    """The slide at about ``thumbnail_mpp`` µm/px (never finer than the coarsest level that is not coarser).
+
+    Reads the coarsest level whose resolution is at most ``thumbnail_mpp`` whole, then shrinks it by the integer
+    factor that comes closest to ``thumbnail_mpp`` (block mean; a partial last block is averaged over what it has).
+    Returns uint8 RGB ``(h, w, 3)`` and its scale ``(sx, sy)`` in level-0 px per thumbnail px.
+    """
+    want = thumbnail_mpp / min(slide.mpp)  # level-0 px per thumbnail px wanted
+    level = max((k for k, d in enumerate(slide.level_downsamples) if d <= want * 1.001), default=0)
+    w, h = slide.level_dimensions[level]
+    image = slide.read_level(level, 0, 0, w, h)
+    factor = max(1, int(round(want / slide.level_downsamples[level])))
+    if factor > 1:
+        from skimage.measure import block_reduce
+
+        image = block_reduce(image, (factor, factor, 1), np.mean, cval=np.nan)  # NaN pad: mean of real px only
+        image = np.nan_to_num(image, nan=255.0)
+        image = np.clip(np.round(image), 0, 255).astype(np.uint8)
+    sx, sy = slide.level_scale(level)
+    return image, (sx * factor, sy * factor)
+
+
+def tissue_from_rgb(image: np.ndarray, params: SlidesParams, mpp: tuple[float, float]) -> np.ndarray:
+    """Tissue mask of an RGB thumbnail ``(h, w, 3)`` uint8 at ``mpp`` µm/px ``(x, y)``: bool ``(h, w)``.
+
+    Otsu on HSV saturation (floored at ``min_saturation``), binary closing with a disk of ``closing_um``,
+    then removal of objects smaller than ``min_object_um2`` and filling of holes smaller than ``min_hole_um2``.
+    """
+    from scipy import ndimage
+    from skimage.color import rgb2hsv
+    from skimage.filters import threshold_otsu
+    from skimage.morphology import disk
+
+    saturation = rgb2hsv(image)[..., 1]
+    level = params.min_saturation
+    if saturation.size and saturation.max() > saturation.min():
+        level = max(level, float(threshold_otsu(saturation)))
+    mask = saturation > level
+    px_area = mpp[0] * mpp[1]
+    radius = int(round(params.closing_um / np.sqrt(px_area)))
+    if radius > 0:
+        # pad with background so the closing is extensive at the slide's edges too
+        padded = np.pad(mask, radius, constant_values=False)
+        mask = ndimage.binary_closing(padded, disk(radius))[radius:-radius, radius:-radius]
+    mask = _drop_small(mask, params.min_object_um2 / px_area)
+    return ~_drop_small(~mask, params.min_hole_um2 / px_area)
+
+
+def _drop_small(mask: np.ndarray, min_px: float) -> np.ndarray:
+    """``mask`` without its 4-connected components of fewer than ``min_px`` pixels."""
+    from scipy import ndimage
+
+    if min_px <= 1:
+        return mask
+    labels, _ = ndimage.label(mask)
+    sizes = np.bincount(labels.ravel())
+    keep = sizes >= min_px
+    keep[0] = False
+    return keep[labels]
+
+
+def tissue_mask(slide: Slide, params: SlidesParams) -> TissueMask:
+    """The slide's tissue mask at about ``params.thumbnail_mpp`` µm/px (one low-resolution read)."""
+    image, scale = thumbnail(slide, params.thumbnail_mpp)
+    mpp = (scale[0] * slide.mpp[0], scale[1] * slide.mpp[1])
+    return TissueMask(tissue_from_rgb(image, params, mpp), scale, mpp)

@@ -1,0 +1,223 @@
+"""nucleate.slides on a generated pyramidal TIFF of a known pattern (tissue rectangles + a position code)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from nucleate.config import SlidesParams
+from nucleate.slides import (
+    SlideError,
+    Tile,
+    open_slide,
+    read_tile,
+    slide_to_tile,
+    tile_grid,
+    tile_to_slide,
+    tissue_mask,
+)
+from nucleate.slides.grid import tissue_fractions
+
+MPP = 0.5  # level-0 µm per px of the generated slide
+W, H = 2048, 1536  # level-0 size, px
+DOWNSAMPLES = (2, 4, 8)  # levels 1-3, subsampled (the pattern is constant on 8 x 8 blocks); tifffile wants one factor
+# tissue rectangles, level-0 px (x0, y0, x1, y1); all on the 8 px grid, i.e. whole pixels of the 4 µm/px mask
+A = (256, 256, 1024, 768)  # 3 x 2 whole tiles of 256 level-0 px (128 px at 1 µm/px)
+B = (1280, 768, 1792, 1280)  # 2 x 2 whole tiles
+C = (8, 1280, 136, 1528)  # half (0.484) of tile (0, 5)
+D = (1536, 8, 1792, 48)  # 0.156 of tile (6, 0): below the threshold
+SPECK = (1200, 100, 1224, 124)  # 144 µm² of "tissue": dust, removed
+HOLE = (512, 512, 528, 528)  # 64 µm² hole in A: filled
+PARAMS = SlidesParams(target_mpp=1.0, tile_px=128, tissue_threshold=0.25, thumbnail_mpp=4.0,
+                      min_object_um2=1000.0, min_hole_um2=1000.0)  # fmt: skip
+
+
+def pattern() -> np.ndarray:
+    """uint8 RGB (H, W, 3): white background; tissue R = 200, G = 40 + (x // 8) % 64, B = 120 + (y // 8) % 64."""
+    y, x = np.mgrid[0:H, 0:W]
+    image = np.full((H, W, 3), 255, np.uint8)
+    tissue = np.zeros((H, W), bool)
+    for x0, y0, x1, y1 in (A, B, C, D, SPECK):
+        tissue[y0:y1, x0:x1] = True
+    x0, y0, x1, y1 = HOLE
+    tissue[y0:y1, x0:x1] = False
+    image[tissue, 0] = 200
+    image[tissue, 1] = (40 + (x // 8) % 64)[tissue]
+    image[tissue, 2] = (120 + (y // 8) % 64)[tissue]
+    return image
+
+
+def write_slide(path: Path, image: np.ndarray, mpp: float | None) -> Path:
+    """A tiled pyramidal TIFF, levels in SubIFDs, resolution tags in pixels per centimetre (when ``mpp``)."""
+    opts = {"tile": (256, 256), "photometric": "rgb", "compression": "zlib"}
+
+    def res(d: int) -> dict:
+        return {} if mpp is None else {"resolution": (1e4 / (mpp * d),) * 2, "resolutionunit": "CENTIMETER"}
+
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(image, subifds=len(DOWNSAMPLES), **opts, **res(1))
+        for d in DOWNSAMPLES:
+            tw.write(image[::d, ::d], subfiletype=1, **opts, **res(d))
+    return path
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    return pattern()
+
+
+@pytest.fixture(scope="module")
+def slide_path(tmp_path_factory, image) -> Path:
+    return write_slide(tmp_path_factory.mktemp("slides") / "known.tif", image, MPP)
+
+
+@pytest.fixture()
+def slide(slide_path):
+    with open_slide(slide_path) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def mask_and_tiles(slide_path):
+    with open_slide(slide_path) as s:
+        tissue = tissue_mask(s, PARAMS)
+        return tissue, tile_grid(s, tissue, PARAMS)
+
+
+def test_levels_and_resolution_from_metadata(slide):
+    assert slide.slide_id == "known"
+    assert slide.dimensions == (W, H)
+    assert slide.level_dimensions == ((W, H), (W // 2, H // 2), (W // 4, H // 4), (W // 8, H // 8))
+    assert slide.level_downsamples == (1.0, 2.0, 4.0, 8.0)
+    assert slide.mpp == pytest.approx((MPP, MPP))
+
+
+def test_mpp_argument_overrides_metadata(slide_path):
+    with open_slide(slide_path, mpp=0.25, slide_id="s1") as s:
+        assert s.mpp == (0.25, 0.25) and s.slide_id == "s1"
+
+
+def test_tissue_mask_is_exactly_the_tissue_rectangles(mask_and_tiles):
+    tissue, _ = mask_and_tiles
+    assert tissue.scale == (8.0, 8.0) and tissue.mpp == pytest.approx((4.0, 4.0))
+    expected = np.zeros((H // 8, W // 8), bool)
+    for x0, y0, x1, y1 in (A, B, C, D):  # the hole filled, the speck gone
+        expected[y0 // 8 : y1 // 8, x0 // 8 : x1 // 8] = True
+    np.testing.assert_array_equal(tissue.mask, expected)
+    assert 0.2 < tissue.fraction < 0.3
+
+
+def test_tiles_kept_by_tissue_fraction_on_the_slide_mask(mask_and_tiles):
+    _, tiles = mask_and_tiles
+    got = {(t.x0 // 256, t.y0 // 256): t.tissue_fraction for t in tiles}
+    whole = {(c, r): 1.0 for c in (1, 2, 3) for r in (1, 2)} | {(c, r): 1.0 for c in (5, 6) for r in (3, 4)}
+    assert got == pytest.approx(whole | {(0, 5): 128 * 248 / 256**2})  # D's tile (6, 0) at 0.156 is dropped
+    t = tiles[0]
+    assert (t.width0, t.height0, t.tile_px, t.mpp, t.level) == (256.0, 256.0, 128, 1.0, 1)
+    assert t.slide_id == "known" and set(t.as_row()) == {f.name for f in dataclasses.fields(Tile)}
+
+
+def test_all_tissue_tile_is_kept(mask_and_tiles, image):
+    """A tile that is tissue edge to edge (no background for a per-tile Otsu to find) is kept whole."""
+    _, tiles = mask_and_tiles
+    (inner,) = [t for t in tiles if (t.x0, t.y0) == (512, 256)]
+    assert inner.tissue_fraction == 1.0
+    assert (image[256:512, 512:768, 0] == 200).all()
+
+
+def test_fractions_are_exact_for_boxes_cutting_mask_pixels(mask_and_tiles):
+    tissue, _ = mask_and_tiles
+    # A spans mask px 32..128 x 32..96; boxes starting half a mask pixel (4 level-0 px) before / inside it
+    boxes = np.array([[252, 256, 8, 8], [256, 252, 8, 8], [1020, 764, 8, 8], [-100, -100, 50, 50], [252, 252, 8, 8]])
+    np.testing.assert_allclose(tissue_fractions(tissue, boxes), [0.5, 0.5, 0.25, 0.0, 0.25])
+
+
+@pytest.mark.parametrize(("slide_mpp", "tile_px", "target"), [(MPP, 128, 1.0), (0.2526, 100, 0.75), (0.5, 7, 3.3)])
+def test_tile_slide_round_trip_within_a_hundredth_px(slide_path, slide_mpp, tile_px, target):
+    with open_slide(slide_path, mpp=slide_mpp) as s:
+        params = dataclasses.replace(PARAMS, target_mpp=target, tile_px=tile_px, tissue_threshold=0.0)
+        tissue = tissue_mask(s, params)
+        tiles = tile_grid(s, tissue, params)
+    rng = np.random.default_rng(13)
+    for tile in tiles[:: max(1, len(tiles) // 7)]:
+        pts = rng.uniform(0, tile_px, size=(50, 2))
+        back = slide_to_tile(tile, tile_to_slide(tile, pts))
+        assert np.abs(back - pts).max() < 0.01
+        corners = tile_to_slide(tile, [[0, 0], [tile_px, tile_px]])
+        np.testing.assert_allclose(corners, [[tile.x0, tile.y0], [tile.x0 + tile.width0, tile.y0 + tile.height0]])
+        assert tile.width0 == pytest.approx(tile_px * target / slide_mpp)
+
+
+def _centres_in_slide(tile: Tile) -> tuple[np.ndarray, np.ndarray]:
+    """Level-0 (row, col) index of the pixel under each tile pixel's centre."""
+    j, i = np.meshgrid(np.arange(tile.tile_px), np.arange(tile.tile_px))
+    xy = tile_to_slide(tile, np.column_stack([j.ravel() + 0.5, i.ravel() + 0.5]))
+    shape = (tile.tile_px, tile.tile_px)
+    return np.floor(xy[:, 1]).astype(int).reshape(shape), np.floor(xy[:, 0]).astype(int).reshape(shape)
+
+
+@pytest.mark.parametrize(("target", "tile_px", "level"), [(0.5, 256, 0), (1.0, 128, 1), (4.0, 32, 3)])
+def test_read_tile_equals_the_pattern_at_its_place(slide, image, target, tile_px, level):
+    params = dataclasses.replace(PARAMS, target_mpp=target, tile_px=tile_px)
+    tiles = tile_grid(slide, tissue_mask(slide, params), params)
+    for tile in tiles:
+        assert tile.level == level
+        rows, cols = _centres_in_slide(tile)
+        np.testing.assert_array_equal(read_tile(slide, tile), image[rows, cols])
+
+
+def test_read_tile_resampled_between_levels_is_close_to_the_pattern(slide, image):
+    params = dataclasses.replace(PARAMS, target_mpp=0.75, tile_px=100)  # 1.5 level-0 px per tile px
+    tiles = [t for t in tile_grid(slide, tissue_mask(slide, params), params) if t.tissue_fraction == 1.0]
+    assert tiles and all(t.level == 0 for t in tiles)
+    for tile in tiles[:3]:
+        rows, cols = _centres_in_slide(tile)
+        diff = np.abs(read_tile(slide, tile).astype(int) - image[rows, cols])
+        assert diff.shape == (100, 100, 3) and np.median(diff) == 0 and diff.mean() < 2
+
+
+def test_tile_past_the_slide_edge_reads_white_there(slide, image):
+    params = dataclasses.replace(PARAMS, tile_px=160, tissue_threshold=0.0)  # 320 level-0 px: 6.4 tiles wide
+    tiles = tile_grid(slide, tissue_mask(slide, params), params)
+    (edge,) = [t for t in tiles if (t.x0, t.y0) == (1920, 0)]
+    pixels = read_tile(slide, edge)
+    inside = (W - edge.x0) // 2  # tile columns on the slide
+    assert (pixels[:, inside:] == 255).all()
+    rows, cols = _centres_in_slide(edge)
+    np.testing.assert_array_equal(pixels[:, :inside], image[rows[:, :inside], cols[:, :inside]])
+
+
+def test_slide_without_resolution_says_to_pass_it(tmp_path, image):
+    path = write_slide(tmp_path / "nores.tif", image[:512, :512], None)
+    with pytest.raises(SlideError, match="no resolution metadata") as err:
+        open_slide(path)
+    assert str(path) in str(err.value) and "mpp" in str(err.value) and "\n" not in str(err.value)
+    with open_slide(path, mpp=0.5) as s:
+        assert s.mpp == (0.5, 0.5)
+
+
+def test_truncated_slide_is_one_clear_error(tmp_path, slide_path):
+    data = slide_path.read_bytes()
+    path = tmp_path / "cut.tif"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SlideError, match="truncated") as err:
+        open_slide(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["slide.mrxs", "notes.ndpi", "empty.tif"])
+def test_unsupported_or_unreadable_format(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b"" if name == "empty.tif" else b"not a tiff at all")
+    with pytest.raises(SlideError, match="openslide") as err:
+        open_slide(path)
+    assert str(path) in str(err.value)
+
+
+def test_missing_slide(tmp_path):
+    with pytest.raises(SlideError, match="no such slide"):
+        open_slide(tmp_path / "absent.svs")

@@ -221,3 +221,27 @@ def test_unsupported_or_unreadable_format(tmp_path, name):
 def test_missing_slide(tmp_path):
     with pytest.raises(SlideError, match="no such slide"):
         open_slide(tmp_path / "absent.svs")
+
+
+def test_thumbnail_block_mean_in_strips_equals_one_read(slide_path, monkeypatch):
+    """A thumbnail coarser than every level is shrunk by block means, strip by strip (bounded memory)."""
+    from nucleate.slides import tissue as tissue_module
+
+    params = dataclasses.replace(PARAMS, thumbnail_mpp=8.0)  # 16 level-0 px: level 3 (8) shrunk by 2
+    with open_slide(slide_path) as s:
+        whole, scale = tissue_module.thumbnail(s, params.thumbnail_mpp)
+        monkeypatch.setattr(tissue_module, "_STRIP_PX", 256 * 5)  # 5 rows of level 3 -> strips of 4 rows
+        strips, _ = tissue_module.thumbnail(s, params.thumbnail_mpp)
+        mask = tissue_mask(s, params)
+    assert scale == (16.0, 16.0) and whole.shape == (H // 16, W // 16, 3)
+    np.testing.assert_array_equal(strips, whole)
+    x0, y0, x1, y1 = A
+    assert mask.mask[y0 // 16 : y1 // 16, x0 // 16 : x1 // 16].all() and mask.mpp == pytest.approx((8.0, 8.0))
+
+
+@pytest.mark.parametrize("downsample", [1.0, 2.0, 4.000217, 3.99987, 16.5])
+def test_level0_location_maps_back_to_the_level_pixel(downsample):
+    from nucleate.slides.reader import level0_location
+
+    for v in range(0, 5000, 7):
+        assert int(level0_location(v, downsample) / downsample) == v

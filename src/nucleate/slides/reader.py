@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -57,9 +58,8 @@ class Slide:
         x2, y2 = min(x + width, lw), min(y + height, lh)
         if x2 <= x1 or y2 <= y1:
             return out
-        sx, sy = self.level_scale(level)
-        # tiffslide takes the location in level-0 px; the scale is exact here, so it maps back to (x1, y1)
-        location = (int(round(x1 * sx)), int(round(y1 * sy)))
+        ds = float(self._handle.level_downsamples[level])  # tiffslide maps location -> int(location / ds)
+        location = (level0_location(x1, ds), level0_location(y1, ds))
         try:
             region = self._handle.read_region(location, level, (x2 - x1, y2 - y1), as_array=True)
         except Exception as exc:  # noqa: BLE001 - codec / IO errors of every kind become one line
@@ -124,6 +124,16 @@ def open_slide(
         handle.close()
         raise SlideError(f"{path}: resolution must be a positive number of µm per pixel, got {resolution}")
     return Slide(handle, path, path.stem if slide_id is None else slide_id, resolution)
+
+
+def level0_location(v: int, downsample: float) -> int:
+    """The level-0 coordinate that tiffslide's ``read_region`` maps to level px ``v`` (``int(loc / downsample)``)."""
+    loc = math.ceil(v * downsample)
+    while loc > 0 and int(loc / downsample) > v:
+        loc -= 1
+    while int(loc / downsample) < v:
+        loc += 1
+    return loc
 
 
 def _is_tiff(path: Path) -> bool:

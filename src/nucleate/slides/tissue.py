@@ -40,16 +40,26 @@ def thumbnail(slide: Slide, thumbnail_mpp: float) -> tuple[np.ndarray, tuple[flo
     want = thumbnail_mpp / min(slide.mpp)  # level-0 px per thumbnail px wanted
     level = max((k for k, d in enumerate(slide.level_downsamples) if d <= want * 1.001), default=0)
     w, h = slide.level_dimensions[level]
-    image = slide.read_level(level, 0, 0, w, h)
     factor = max(1, int(round(want / slide.level_downsamples[level])))
-    if factor > 1:
-        from skimage.measure import block_reduce
-
-        image = block_reduce(image, (factor, factor, 1), np.mean, cval=np.nan)  # NaN pad: mean of real px only
-        image = np.nan_to_num(image, nan=255.0)
-        image = np.clip(np.round(image), 0, 255).astype(np.uint8)
+    # read in strips of whole blocks so that memory stays bounded on a slide without a coarse level
+    rows = factor * max(1, _STRIP_PX // max(w, 1) // factor)
+    strips = [_shrink(slide.read_level(level, 0, y, w, min(rows, h - y)), factor) for y in range(0, h, rows)]
+    image = np.concatenate(strips, axis=0)
     sx, sy = slide.level_scale(level)
     return image, (sx * factor, sy * factor)
+
+
+_STRIP_PX = 1 << 24  # level px per strip read for the thumbnail (48 MiB of RGB)
+
+
+def _shrink(image: np.ndarray, factor: int) -> np.ndarray:
+    """Block mean by ``factor`` (a partial last block averages what it has); uint8 RGB in and out."""
+    if factor == 1:
+        return image
+    from skimage.measure import block_reduce
+
+    image = block_reduce(image, (factor, factor, 1), np.mean, cval=np.nan)  # NaN pad: mean of real px only
+    return np.clip(np.round(np.nan_to_num(image, nan=255.0)), 0, 255).astype(np.uint8)
 
 
 def tissue_from_rgb(image: np.ndarray, params: SlidesParams, mpp: tuple[float, float]) -> np.ndarray:

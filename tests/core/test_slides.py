@@ -245,3 +245,15 @@ def test_level0_location_maps_back_to_the_level_pixel(downsample):
 
     for v in range(0, 5000, 7):
         assert int(level0_location(v, downsample) / downsample) == v
+
+
+def test_shrink_averages_partial_edge_blocks_over_real_pixels():
+    from nucleate.slides.tissue import _shrink
+
+    image = np.zeros((5, 3, 3), np.uint8)
+    image[4, :, :] = 90  # the last row: a partial block of one row
+    image[:, 2, :] = 30  # the last column: a partial block of one column
+    image[4, 2, :] = 10
+    out = _shrink(image, 2)
+    assert out.shape == (3, 2, 3)
+    np.testing.assert_array_equal(out[..., 0], [[0, 30], [0, 30], [90, 10]])

@@ -58,7 +58,8 @@ def _shrink(image: np.ndarray, factor: int) -> np.ndarray:
         return image
     from skimage.measure import block_reduce
 
-    image = block_reduce(image, (factor, factor, 1), np.mean, cval=np.nan)  # NaN pad: mean of real px only
+    # NaN padding + nanmean: a partial block at the right / bottom edge is the mean of its real pixels
+    image = block_reduce(image.astype(np.float32), (factor, factor, 1), np.nanmean, cval=np.nan)
     return np.clip(np.round(np.nan_to_num(image, nan=255.0)), 0, 255).astype(np.uint8)
 
 

@@ -51,15 +51,16 @@ def pattern() -> np.ndarray:
     return image
 
 
-def write_slide(path: Path, image: np.ndarray, mpp: float | None) -> Path:
-    """A tiled pyramidal TIFF, levels in SubIFDs, resolution tags in pixels per centimetre (when ``mpp``)."""
+def write_slide(path: Path, image: np.ndarray, mpp: float | None, subifds: bool = True) -> Path:
+    """A tiled pyramidal TIFF, levels in SubIFDs (else top-level reduced pages), resolution tags in pixels per
+    centimetre (when ``mpp``)."""
     opts = {"tile": (256, 256), "photometric": "rgb", "compression": "zlib"}
 
     def res(d: int) -> dict:
         return {} if mpp is None else {"resolution": (1e4 / (mpp * d),) * 2, "resolutionunit": "CENTIMETER"}
 
     with tifffile.TiffWriter(path) as tw:
-        tw.write(image, subifds=len(DOWNSAMPLES), **opts, **res(1))
+        tw.write(image, subifds=len(DOWNSAMPLES) if subifds else None, **opts, **res(1))
         for d in DOWNSAMPLES:
             tw.write(image[::d, ::d], subfiletype=1, **opts, **res(d))
     return path
@@ -257,3 +258,21 @@ def test_shrink_averages_partial_edge_blocks_over_real_pixels():
     out = _shrink(image, 2)
     assert out.shape == (3, 2, 3)
     np.testing.assert_array_equal(out[..., 0], [[0, 30], [0, 30], [90, 10]])
+
+
+def test_top_level_pyramid_and_gray_slide(tmp_path, image):
+    """Levels as top-level reduced pages (as most readers write them); a gray slide reads as RGB."""
+    path = write_slide(tmp_path / "flat.tif", image, MPP, subifds=False)
+    with open_slide(path) as s:
+        assert s.level_downsamples == (1.0, 2.0, 4.0, 8.0) and s.mpp == pytest.approx((MPP, MPP))
+        tissue = tissue_mask(s, PARAMS)
+        assert len(tile_grid(s, tissue, PARAMS)) == 11
+    gray = tmp_path / "gray.tif"
+    tifffile.imwrite(gray, image[:256, :256, 1], resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
+    with open_slide(gray) as s:
+        np.testing.assert_array_equal(s.read_level(0, 0, 0, 256, 256), np.repeat(image[:256, :256, 1:2], 3, axis=2))
+    deep = tmp_path / "deep.tif"
+    tifffile.imwrite(deep, np.zeros((64, 64), np.uint16), resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
+    with open_slide(deep) as s, pytest.raises(SlideError, match="unsupported pixel type uint16") as err:
+        tissue_mask(s, PARAMS)
+    assert str(deep) in str(err.value)

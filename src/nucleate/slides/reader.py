@@ -64,7 +64,10 @@ class Slide:
             region = self._handle.read_region(location, level, (x2 - x1, y2 - y1), as_array=True)
         except Exception as exc:  # noqa: BLE001 - codec / IO errors of every kind become one line
             raise SlideError(f"{self.path}: cannot read level {level} (truncated or corrupt file?): {exc}") from None
-        out[y1 - y : y2 - y, x1 - x : x2 - x] = _rgb(np.asarray(region))
+        region = np.asarray(region)
+        if region.dtype != np.uint8:
+            raise SlideError(f"{self.path}: unsupported pixel type {region.dtype} (8-bit RGB or gray slides only)")
+        out[y1 - y : y2 - y, x1 - x : x2 - x] = _rgb(region)
         return out
 
     def close(self) -> None:
@@ -162,7 +165,4 @@ def _rgb(region: np.ndarray) -> np.ndarray:
         region = region[..., None]
     if region.shape[-1] == 1:
         region = np.repeat(region, 3, axis=-1)
-    region = region[..., :3]
-    if region.dtype != np.uint8:
-        raise SlideError(f"unsupported pixel type {region.dtype} (8-bit RGB slides only)")
-    return region
+    return region[..., :3]

@@ -207,11 +207,6 @@ def pull(cwd: str | os.PathLike, log: logging.Logger | None = None) -> bool:
     return True
 
 
-#: what an object store says when the credentials are wrong (S3 error codes, HTTP 403, botocore's words)
-_DENIED = re.compile(r"\b(InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|Forbidden|InvalidToken|ExpiredToken|"
-                     r"InvalidClientTokenId|NoCredentialsError)\b|\(403\)|Unable to locate credentials")
-
-
 def _transfer(what: str, remote: str, cwd: str | os.PathLike, log: logging.Logger | None) -> None:
     """``dvc push`` / ``dvc pull``; a failure is one :class:`LineageError` line naming the remote and the fix.
 
@@ -221,11 +216,16 @@ def _transfer(what: str, remote: str, cwd: str | os.PathLike, log: logging.Logge
     result = dvc([what], cwd, log)
     if not result.returncode:
         return
+    from flows.s3 import DENIED_CODES  # the S3 codes of rejected credentials; imported only on a failure
+
+    # what an object store says when the credentials are wrong (S3 error codes, HTTP 403, botocore's words)
+    denied = re.compile(rf"\b({'|'.join((*DENIED_CODES, 'Forbidden', 'NoCredentialsError'))})\b|\(403\)|"
+                        r"Unable to locate credentials")
     line = _failure(result.stdout)
     url = str(_config(cwd)["remote"].get(remote, {}).get("url", ""))
     where = f"remote {remote!r} ({url})" if url else f"remote {remote!r}"
     direction = "to" if what == "push" else "from"
-    if _DENIED.search(result.stdout):
+    if denied.search(result.stdout):
         raise LineageError(
             f"`dvc {what}` {direction} {where} failed: the object store rejected the credentials; set "
             "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for MinIO / another S3 server) in "

@@ -25,7 +25,11 @@ from pathlib import Path
 
 from flows.ls_connection import Secret
 
-__all__ = ["S3Error", "S3Location", "existing_keys", "s3_location", "upload_files"]
+__all__ = ["DENIED_CODES", "S3Error", "S3Location", "existing_keys", "s3_location", "upload_files"]
+
+#: S3 error codes of rejected credentials (boto3's ClientError codes; the same words in dvc's error lines)
+DENIED_CODES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken",
+                "InvalidClientTokenId")
 
 _CREDENTIALS_FIX = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY to a key that may read and write it "
                     "(and AWS_ENDPOINT_URL for MinIO / another S3 server)")
@@ -107,8 +111,7 @@ def _error(exc: Exception, loc: S3Location, what: str) -> S3Error:
     if isinstance(exc, ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken",
-                    "403") or status == 403:
+        if code in (*DENIED_CODES, "403") or status == 403:
             return S3Error(f"{head}: the credentials were rejected ({code or status}); {_CREDENTIALS_FIX}")
         if code in ("NoSuchBucket", "404") or status == 404:
             return S3Error(f"{head}: bucket {loc.bucket!r} does not exist; create it (`aws s3 mb s3://{loc.bucket}`) "

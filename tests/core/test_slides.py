@@ -276,3 +276,37 @@ def test_top_level_pyramid_and_gray_slide(tmp_path, image):
     with open_slide(deep) as s, pytest.raises(SlideError, match="unsupported pixel type uint16") as err:
         tissue_mask(s, PARAMS)
     assert str(deep) in str(err.value)
+
+
+def test_tile_as_a_manifest_row_reads_back_the_same_pixels(slide, slide_path, mask_and_tiles, tmp_path):
+    import pyarrow as pa
+
+    from nucleate.io import read_table, write_image, write_table
+    from nucleate.slides import read_pool_image
+
+    tile = mask_and_tiles[1][0]
+    plain = np.zeros((4, 5), np.uint8)
+    write_image(tmp_path / "plain.png", plain)
+    (tmp_path / slide_path.name).symlink_to(slide_path)
+    base = {"channels": 3, "dtype": "uint8", "split": "pool", "bytes": 1}
+    rows = [{**base, "image_id": tile.image_id, "path": slide_path.name, "width": tile.tile_px,
+             "height": tile.tile_px, **tile.manifest_columns()},
+            {**base, "image_id": "p" * 32, "path": "plain.png", "width": 5, "height": 4, "channels": 1,
+             **dict.fromkeys(tile.manifest_columns())}]
+    write_table("manifest", pa.Table.from_pylist(rows), tmp_path / "manifest.parquet")
+    back = read_table("manifest", tmp_path / "manifest.parquet").to_pylist()
+    assert Tile.from_manifest(back[0]) == tile and back[1]["slide_id"] is None
+    assert np.array_equal(read_pool_image(tmp_path, back[0]), read_tile(slide, tile))
+    assert np.array_equal(read_pool_image(tmp_path, back[1]), plain)
+    assert tile.image_id != dataclasses.replace(tile, x0=tile.x0 + 1).image_id and len(tile.image_id) == 32
+
+
+def test_manifest_with_some_tile_columns_is_refused(tmp_path):
+    import pyarrow as pa
+
+    from nucleate.io import TableError, validate_table
+
+    row = {"image_id": "a", "path": "a.png", "width": 1, "height": 1, "channels": 1, "dtype": "uint8",
+           "split": "pool", "bytes": 1, "slide_id": "s"}
+    with pytest.raises(TableError, match="but not tile_x0"):
+        validate_table("manifest", pa.Table.from_pylist([row]))

@@ -3,7 +3,10 @@
 Kinds (see DESIGN.md, "Data contracts"):
 
 * ``manifest`` — one row per pool image. ``path`` is relative to the folder that was ingested
-  (stored in the schema metadata as ``root``); ``width``/``height`` in pixels.
+  (stored in the schema metadata as ``root``); ``width``/``height`` in pixels. A pool item may be a *tile* of a
+  whole-slide image: then ``path`` is the slide file, ``width = height`` = the tile's side at its resolution,
+  and the optional columns :data:`TILE_FIELDS` say where it lies (null on rows of plain images; a manifest
+  without slides may lack them). Read a pool item's pixels with :func:`nucleate.slides.read_pool_image`.
 * ``teacher_probs`` — one row per image; ``probs`` has one float32 per class, every row a probability
   row (:func:`find_bad_prob_row`: finite, >= 0, summing to 1 ± :data:`PROB_SUM_TOLERANCE`).
   Schema metadata: ``classes`` (JSON list) and ``teacher_id``.
@@ -40,6 +43,7 @@ __all__ = [
     "SCHEMAS",
     "SPLITS",
     "ORIGINS",
+    "TILE_FIELDS",
     "TableError",
     "read_table",
     "write_table",
@@ -129,6 +133,25 @@ SCHEMAS: dict[str, pa.Schema] = {
     ),
 }
 
+#: Optional manifest columns of whole-slide tiles (:class:`nucleate.slides.Tile`): ``slide_id`` = the slide
+#: file's content id; ``tile_x0, tile_y0`` = top-left corner in level-0 px; ``tile_width0, tile_height0`` =
+#: extent in level-0 px; ``tile_level`` = pyramid level read; ``tile_mpp`` = the tile's µm/px;
+#: ``tissue_fraction`` = share of tissue on the slide's mask. All null on rows of plain images.
+TILE_FIELDS = pa.schema(
+    [
+        pa.field("slide_id", pa.string()),
+        pa.field("tile_x0", pa.int64()),
+        pa.field("tile_y0", pa.int64()),
+        pa.field("tile_width0", pa.float64()),
+        pa.field("tile_height0", pa.float64()),
+        pa.field("tile_level", pa.int32()),
+        pa.field("tile_mpp", pa.float64()),
+        pa.field("tissue_fraction", pa.float32()),
+    ]
+)
+#: optional columns per kind: cast to these types when present (all or none), absent is fine
+_OPTIONAL: dict[str, pa.Schema] = {"manifest": TILE_FIELDS}
+
 SCHEMAS["predicted_points"] = SCHEMAS["points"].append(pa.field("score", pa.float32(), nullable=False))
 #: kinds holding points (x, y finite; origin one of ORIGINS)
 POINT_KINDS = ("points", "predicted_points")
@@ -209,8 +232,24 @@ def validate_table(kind: str, table: pa.Table, source: str = "<table>") -> pa.Ta
             raise TableError(f"{source}: column '{f.name}' is empty (null) at row {row}; it is required")
         columns.append(col)
         fields.append(f)
+    optional = _OPTIONAL.get(kind)
+    if optional is not None and any(name in table.column_names for name in optional.names):
+        missing = [name for name in optional.names if name not in table.column_names]
+        if missing:
+            raise TableError(f"{source}: {kind} table has some of the optional columns {', '.join(optional.names)} "
+                             f"but not {', '.join(missing)}; give all of them or none")
+        for f in optional:
+            col = table.column(f.name)
+            if col.type != f.type:
+                try:
+                    col = col.cast(f.type, safe=True)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    raise TableError(f"{source}: column '{f.name}' has type {col.type}, expected {f.type}") from None
+            columns.append(col)
+            fields.append(f)
+    taken = {f.name for f in fields}
     for name in table.column_names:
-        if name not in schema.names:
+        if name not in taken:
             columns.append(table.column(name))
             fields.append(table.schema.field(name))
     out = pa.table(columns, schema=pa.schema(fields, metadata=table.schema.metadata))

@@ -7,10 +7,12 @@ the top-left *corner* of the top-left pixel; "level-0 px" are pixels of the slid
 * :func:`tissue_mask` -> :class:`TissueMask` (computed once per slide from a low-resolution thumbnail)
 * :func:`tile_grid` -> list of :class:`Tile` (kept by tissue fraction), :func:`tile_to_slide` / :func:`slide_to_tile`
 * :func:`read_tile` -> the tile's pixels at the target resolution, read lazily from the best level
+* :func:`read_pool_image` -> a manifest row's pixels, plain image or tile (the one way stages read pool items)
 """
 
 from nucleate.slides.coords import slide_to_tile, tile_to_slide
 from nucleate.slides.grid import Tile, tile_grid
+from nucleate.slides.pool import is_tile_row, pool_tile, read_pool_image
 from nucleate.slides.read import read_tile
 from nucleate.slides.reader import Slide, SlideError, open_slide
 from nucleate.slides.tissue import TissueMask, tissue_mask
@@ -20,7 +22,10 @@ __all__ = [
     "SlideError",
     "Tile",
     "TissueMask",
+    "is_tile_row",
     "open_slide",
+    "pool_tile",
+    "read_pool_image",
     "read_tile",
     "slide_to_tile",
     "tile_grid",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -19,9 +21,11 @@ class Tile:
     """One square tile of ``tile_px`` px at ``mpp`` µm/px.
 
     ``x0, y0``: its top-left corner in level-0 px (integers); ``width0, height0``: its extent in level-0 px
-    (``tile_px * mpp / slide mpp``, float). ``level``: the pyramid level it is read from; ``read_width,
-    read_height``: px read there (before resampling to ``tile_px``). ``tissue_fraction``: share of tissue
-    measured on the slide's thumbnail mask.
+    (``tile_px * mpp / slide mpp``, float). ``level``: the pyramid level it is read from (then resampled to
+    ``tile_px``). ``tissue_fraction``: share of tissue measured on the slide's thumbnail mask.
+
+    In the manifest a tile is one pool row (:meth:`manifest_columns`, :meth:`from_manifest`): ``path`` is its
+    slide file, ``width = height = tile_px``, and the ``tile_*`` columns of :data:`nucleate.io.TILE_FIELDS`.
     """
 
     slide_id: str
@@ -32,8 +36,6 @@ class Tile:
     tile_px: int
     mpp: float
     level: int
-    read_width: int
-    read_height: int
     tissue_fraction: float
 
     @property
@@ -44,6 +46,28 @@ class Tile:
     def as_row(self) -> dict:
         """The tile as a plain dict (a table row)."""
         return asdict(self)
+
+    @property
+    def image_id(self) -> str:
+        """The tile's pool id: 32 hex characters (BLAKE2b-128) of its slide's content id and its geometry, so the
+        same tile of the same slide bytes gets the same id wherever the slide lives."""
+        key = (f"{self.slide_id}/{self.x0}/{self.y0}/{self.width0!r}/{self.height0!r}/{self.tile_px}/{self.mpp!r}/"
+               f"{self.level}")
+        return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+
+    def manifest_columns(self) -> dict:
+        """The tile's ``tile_*`` / ``slide_id`` manifest values (:data:`nucleate.io.TILE_FIELDS`)."""
+        return {"slide_id": self.slide_id, "tile_x0": self.x0, "tile_y0": self.y0, "tile_width0": self.width0,
+                "tile_height0": self.height0, "tile_level": self.level, "tile_mpp": self.mpp,
+                "tissue_fraction": self.tissue_fraction}
+
+    @classmethod
+    def from_manifest(cls, row: Mapping) -> Tile:
+        """The tile of a manifest row (a dict with the :data:`nucleate.io.TILE_FIELDS` and ``width``)."""
+        return cls(slide_id=row["slide_id"], x0=int(row["tile_x0"]), y0=int(row["tile_y0"]),
+                   width0=float(row["tile_width0"]), height0=float(row["tile_height0"]), tile_px=int(row["width"]),
+                   mpp=float(row["tile_mpp"]), level=int(row["tile_level"]),
+                   tissue_fraction=float(row["tissue_fraction"]))
 
 
 def best_level(slide: Slide, scale: float) -> int:
@@ -94,8 +118,6 @@ def tile_grid(slide: Slide, tissue: TissueMask, params: SlidesParams) -> list[Ti
     boxes = np.stack([gx.ravel(), gy.ravel(), np.full(gx.size, width0), np.full(gx.size, height0)], axis=1)
     fractions = tissue_fractions(tissue, boxes)
     level = best_level(slide, min(width0, height0) / params.tile_px)
-    lsx, lsy = slide.level_scale(level)
-    read_w, read_h = math.ceil(width0 / lsx) + 1, math.ceil(height0 / lsy) + 1  # +1: a fractional start
     return [
         Tile(
             slide_id=slide.slide_id,
@@ -106,8 +128,6 @@ def tile_grid(slide: Slide, tissue: TissueMask, params: SlidesParams) -> list[Ti
             tile_px=params.tile_px,
             mpp=params.target_mpp,
             level=level,
-            read_width=read_w,
-            read_height=read_h,
             tissue_fraction=float(f),
         )
         for (x, y, _, _), f in zip(boxes, fractions, strict=True)

@@ -1,0 +1,64 @@
+"""Pool items' pixels: a plain image file, or a tile read lazily from its whole-slide image.
+
+The one way stages read a manifest row's pixels (:func:`read_pool_image`). Slides stay open in a small
+per-process cache (a worker reads many tiles of few slides); nothing is written out per tile.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from nucleate.io import read_image
+from nucleate.slides.grid import Tile
+from nucleate.slides.read import read_tile
+from nucleate.slides.reader import Slide, open_slide
+
+__all__ = ["is_tile_row", "pool_tile", "read_pool_image"]
+
+_OPEN_SLIDES = 4  # slides kept open per process (file handles + tiffslide's small caches)
+_slides: OrderedDict[str, Slide] = OrderedDict()
+_lock = threading.Lock()
+
+
+def is_tile_row(row: Mapping) -> bool:
+    """Whether a manifest row is a whole-slide tile (its ``slide_id`` is set)."""
+    return row.get("slide_id") is not None
+
+
+def pool_tile(row: Mapping) -> Tile | None:
+    """The :class:`Tile` of a manifest row, or None for a plain image."""
+    return Tile.from_manifest(row) if is_tile_row(row) else None
+
+
+def _slide(path: Path, slide_id: str) -> Slide:
+    key = str(path.resolve())
+    with _lock:
+        if key in _slides:
+            _slides.move_to_end(key)
+            return _slides[key]
+    slide = open_slide(path, slide_id=slide_id)
+    with _lock:
+        _slides[key] = slide
+        while len(_slides) > _OPEN_SLIDES:
+            _slides.popitem(last=False)[1].close()
+    return slide
+
+
+def read_pool_image(root: str | Path, row: Mapping) -> np.ndarray:
+    """The pixels of the manifest ``row`` (keys ``path``, ``width`` and the optional tile columns) under ``root``.
+
+    A plain image: :func:`nucleate.io.read_image` of ``root / path`` (``(H, W)`` or ``(H, W, 3)``, uint8/uint16).
+    A tile: uint8 RGB ``(tile_px, tile_px, 3)`` read from its slide at the tile's resolution
+    (:func:`nucleate.slides.read_tile`). Errors name the file: :class:`nucleate.io.ImageError` /
+    :class:`nucleate.slides.SlideError`.
+    """
+    path = Path(root) / row["path"]
+    tile = pool_tile(row)
+    if tile is None:
+        return read_image(path)
+    return read_tile(_slide(path, tile.slide_id), tile)

@@ -17,6 +17,7 @@ from nucleate.io.layout import LAYOUT, Layout, MissingInput
 from nucleate.io.tables import (
     ORIGINS,
     SCHEMAS,
+    SLIDE_POINT_FIELDS,
     SPLITS,
     TILE_FIELDS,
     TableError,
@@ -34,6 +35,7 @@ __all__ = [
     "LABEL_SUFFIXES",
     "ORIGINS",
     "SCHEMAS",
+    "SLIDE_POINT_FIELDS",
     "SPLITS",
     "TILE_FIELDS",
     "ImageError",

@@ -7,6 +7,7 @@ Kinds (see DESIGN.md, "Data contracts"):
   whole-slide image: then ``path`` is the slide file, ``width = height`` = the tile's side at its resolution,
   and the optional columns :data:`TILE_FIELDS` say where it lies (null on rows of plain images; a manifest
   without slides may lack them). Read a pool item's pixels with :func:`nucleate.slides.read_pool_image`.
+  Points on tiles may carry :data:`SLIDE_POINT_FIELDS` (the same point in slide level-0 px).
 * ``teacher_probs`` — one row per image; ``probs`` has one float32 per class, every row a probability
   row (:func:`find_bad_prob_row`: finite, >= 0, summing to 1 ± :data:`PROB_SUM_TOLERANCE`).
   Schema metadata: ``classes`` (JSON list) and ``teacher_id``.
@@ -44,6 +45,7 @@ __all__ = [
     "SPLITS",
     "ORIGINS",
     "TILE_FIELDS",
+    "SLIDE_POINT_FIELDS",
     "TableError",
     "read_table",
     "write_table",
@@ -149,8 +151,14 @@ TILE_FIELDS = pa.schema(
         pa.field("tissue_fraction", pa.float32()),
     ]
 )
+#: Optional columns of points on whole-slide tiles: ``slide_id`` (the slide's content id) and the point in the
+#: slide's level-0 px, ``slide_x, slide_y`` (``x, y`` stay in tile px). Null on points of plain images.
+SLIDE_POINT_FIELDS = pa.schema(
+    [pa.field("slide_id", pa.string()), pa.field("slide_x", pa.float64()), pa.field("slide_y", pa.float64())]
+)
 #: optional columns per kind: cast to these types when present (all or none), absent is fine
-_OPTIONAL: dict[str, pa.Schema] = {"manifest": TILE_FIELDS}
+_OPTIONAL: dict[str, pa.Schema] = {"manifest": TILE_FIELDS, "points": SLIDE_POINT_FIELDS,
+                                   "predicted_points": SLIDE_POINT_FIELDS}
 
 SCHEMAS["predicted_points"] = SCHEMAS["points"].append(pa.field("score", pa.float32(), nullable=False))
 #: kinds holding points (x, y finite; origin one of ORIGINS)

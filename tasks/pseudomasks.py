@@ -11,7 +11,9 @@ gets, under ``out`` (default ``storage/pseudomasks``)::
     index.parquet              ``pseudomask_index`` table; paths relative to this folder
 
 Qu et al. train on ``voronoi`` and ``cluster`` as two losses; ``semantic`` is one map for a single-loss
-trainer and for QC. Images without points get no mask (they are not annotated). Every point row counts
+trainer and for QC. Images without points get no mask (they are not annotated). With a ``stain`` section
+(H&E RGB images), the k-means sees :func:`nucleate.stain.apply_stain` of each image: normalised to the stain
+reference (``stain.normalise``) and as ``stain.cluster_input``; gray images are never changed. Every point row counts
 as one nucleus whatever its ``label`` / ``origin``; points in the same pixel collapse. Images are read
 from the manifest's root folder (``images`` overrides it), one at a time.
 
@@ -48,7 +50,7 @@ import pyarrow as pa
 import typer
 
 from nucleate.annotations import points_xy, rows_by_image
-from nucleate.config import PseudomaskParams
+from nucleate.config import PseudomaskParams, StainParams
 from nucleate.io import (
     LAYOUT,
     ImageError,
@@ -66,6 +68,7 @@ from nucleate.io import (
 )
 from nucleate.metrics import dice, segmentation_scores
 from nucleate.pseudomask import IGNORE, NUCLEUS, PointError, PseudoMask, from_points
+from nucleate.stain import StainTransform
 from tasks._map import SEQUENTIAL, Mapper, open_mapper, per_image_failure
 from tasks._stage import Report, StageError, load_params_or_exit, logger, run_alone, stage_errors
 
@@ -126,11 +129,13 @@ def run(
     qc: str | Path | None = None,
     strict: bool = False,
     mapper: Mapper | None = None,
+    stain: StainParams | None = None,
     log: logging.Logger | None = None,
 ) -> PseudomaskReport:
     """Write the pseudo-masks of every annotated image and the index under ``out``; see the module docstring.
 
-    ``pseudomask`` and ``seed`` are the params.yaml values (``params.pseudomask``, ``params.seed``).
+    ``pseudomask`` and ``seed`` are the params.yaml values (``params.pseudomask``, ``params.seed``); ``stain``
+    is ``params.stain`` (None: images as read, what the default section does too).
     An image that cannot be read is reported (log line, ``report.failed``, the index's and QC file's
     ``failed``) and left out; the others are done (``strict``: fail instead, writing nothing). ``mapper``:
     where the per-image work runs (:mod:`tasks._map`; None: ``NUCLEATE_DASK``, else here; same outputs).
@@ -139,6 +144,7 @@ def run(
     :class:`nucleate.io.TableError` for a malformed table.
     """
     log = log or logger("pseudomasks")
+    transform = None if stain is None else StainTransform.from_params(stain)  # a bad reference fails first
     points_path = LAYOUT.require("consensus", points)
     manifest_path = LAYOUT.require("manifest", manifest)
     out = Path(out)
@@ -169,7 +175,7 @@ def run(
         if where is not SEQUENTIAL:
             log.info(f"pseudomasks: {len(todo)} images on {where.name}")
         spec = MaskSpec(pseudomask, seed, str(root), str(staging), None if gold_dir is None else str(gold_dir),
-                        str(points_path))
+                        str(points_path), transform)
         items = [(image_id, MaskItem(image_id, entries[image_id]["path"], entries[image_id]["split"] == "gold",
                                      xy[rows_of[image_id]], np.asarray(rows_of[image_id], np.int64)))
                  for image_id in todo]
@@ -245,6 +251,7 @@ class MaskSpec:
     staging: str
     gold_dir: str | None
     points_path: str
+    stain: StainTransform | None = None  # None: images as read (the default stain section does the same)
 
 
 @dataclass(frozen=True)
@@ -266,6 +273,8 @@ def mask_image(spec: MaskSpec, item: MaskItem) -> dict:
     Raises :class:`nucleate.io.ImageError` / ``OSError`` for an image that cannot be read (a per-image
     failure), :class:`PseudomaskError` for a bad point or gold mask (an input the user must fix)."""
     image = read_image(Path(spec.root) / item.path)
+    if spec.stain is not None:
+        image = spec.stain.cluster(image)
     try:
         pm = from_points(image, item.xy, params=spec.pseudomask, seed=spec.seed)
     except PointError as exc:
@@ -362,7 +371,7 @@ def command(
     points: Path = typer.Option(LAYOUT.consensus, help="Points table: one row per nucleus (the consensus points)."),
     manifest: Path = typer.Option(LAYOUT.manifest, help="Manifest table of the images."),
     out: Path = typer.Option(LAYOUT.pseudomasks, help="Folder to (re)create: the maps + index.parquet."),
-    params: Path = typer.Option(Path("params.yaml"), help="params file (section pseudomask, seed)."),
+    params: Path = typer.Option(Path("params.yaml"), help="params file (sections pseudomask, stain; seed)."),
     images: Path | None = typer.Option(None, help="Image folder (default: the root the manifest was built from)."),
     gold_masks: Path | None = typer.Option(
         None, help="Ground-truth masks mirroring the image folder; enables the gold QC gate."
@@ -374,7 +383,7 @@ def command(
     cfg = load_params_or_exit(params)
     with stage_errors():
         report = run(cfg.pseudomask, cfg.seed, points=points, manifest=manifest, out=out, images=images,
-                     gold_masks=gold_masks, qc=qc, strict=strict)
+                     gold_masks=gold_masks, qc=qc, strict=strict, stain=cfg.stain)
     for line in report.lines():
         typer.echo(line)
 

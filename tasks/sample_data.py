@@ -10,6 +10,11 @@ Output (``out``, default ``storage/sample``)::
 
 Expected: 30 / 3 / 16 images and 2,388 / 235 / 606 nuclei in pool / gold / test. The folder is built
 beside ``out`` and swapped in whole, so an interrupted run never leaves a partial layout.
+
+``--he``: the same layout with every image rendered as pseudo-H&E (:func:`nucleate.datasets.he.pseudo_he`,
+8-bit RGB TIFF under the same name; one ``numpy.random.default_rng(he_seed)`` draws the eosin texture of the
+images in path order). Masks and point coordinates are identical to the fluorescence layout's; the
+``image_id`` of the points follows the new image bytes.
 """
 
 from __future__ import annotations
@@ -24,11 +29,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import typer
 
 from nucleate.annotations import centroids_xy, points_table
+from nucleate.datasets.he import pseudo_he
 from nucleate.datasets.mnfinder import iter_mnfinder
-from nucleate.io import atomic_dir, content_id, write_labels, write_table
+from nucleate.io import atomic_dir, content_id, write_image, write_labels, write_table
 from nucleate.io.layout import LAYOUT
 from tasks._stage import Report, logger, run_alone, stage_errors
 
@@ -70,10 +77,12 @@ def locate_mnfinder(install: bool = True, log: logging.Logger | None = None) -> 
     return Path(spec.submodule_search_locations[0])
 
 
-def run(*, out: str | Path, install: bool = True, log: logging.Logger | None = None) -> SampleReport:
+def run(*, out: str | Path, install: bool = True, he: bool = False, he_seed: int = 0,
+        log: logging.Logger | None = None) -> SampleReport:
     """Write the sample layout to ``out`` (no hyper-parameters); the report counts images and nuclei per split.
 
-    ``install``: pip-install the mnfinder data package (``--no-deps``) when it is missing.
+    ``install``: pip-install the mnfinder data package (``--no-deps``) when it is missing. ``he``: pseudo-H&E
+    images (module docstring), their eosin texture drawn from ``numpy.random.default_rng(he_seed)``.
     """
     log = log or logger("sample_data")
     out = Path(out)
@@ -81,11 +90,15 @@ def run(*, out: str | Path, install: bool = True, log: logging.Logger | None = N
     out.parent.mkdir(parents=True, exist_ok=True)
     images, nuclei = Counter(), Counter()
     columns: dict[str, list] = {"image_id": [], "x": [], "y": []}
+    rng = np.random.default_rng(he_seed) if he else None
     with atomic_dir(out) as staging:
         for item in iter_mnfinder(package):
             image_path = staging / "images" / item.split / f"{item.name}.tif"
             image_path.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(item.source, image_path)
+            if rng is None:
+                shutil.copyfile(item.source, image_path)
+            else:
+                write_image(image_path, pseudo_he(item.image, rng))
             write_labels(staging / "masks" / item.split / f"{item.name}.tif", item.labels)
             _, xy = centroids_xy(item.labels)
             image_id = content_id(image_path)
@@ -96,7 +109,8 @@ def run(*, out: str | Path, install: bool = True, log: logging.Logger | None = N
             nuclei[item.split] += len(xy)
         table = points_table({**columns, "label": "nucleus", "annotator": "ground_truth", "round": 0,
                               "origin": "ground_truth"}, source="sample points")
-        write_table("points", table, staging / "points.parquet", metadata={"source": MNFINDER_REQUIREMENT})
+        source = MNFINDER_REQUIREMENT + (f" pseudo-H&E seed {he_seed}" if he else "")
+        write_table("points", table, staging / "points.parquet", metadata={"source": source})
     report = SampleReport(out, {split: {"images": images[split], "nuclei": nuclei[split]} for split in images})
     for line in report.lines():
         log.info(line)
@@ -106,10 +120,12 @@ def run(*, out: str | Path, install: bool = True, log: logging.Logger | None = N
 def command(
     out: Path = typer.Option(LAYOUT.sample, help="Folder to (re)create with images, masks, points."),
     install: bool = typer.Option(True, help="pip-install the mnfinder data package (--no-deps) if missing."),
+    he: bool = typer.Option(False, "--he", help="Render the images as pseudo-H&E (RGB); masks and points unchanged."),
+    he_seed: int = typer.Option(0, min=0, help="--he: seed of the numpy Generator drawing the eosin texture."),
 ) -> None:
     """Lay out the real mnfinder nuclei data (49 fluorescence images, 3,229 nuclei) for the demo/tests."""
     with stage_errors(subprocess.CalledProcessError):
-        run(out=out, install=install)
+        run(out=out, install=install, he=he, he_seed=he_seed)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,6 +8,12 @@ index was made from this very points table (``points_id`` in its metadata); othe
 ``--points storage/sample/points.parquet``, the sample's ground-truth centres) they are made in memory
 with the same :func:`nucleate.pseudomask.from_points` and params.
 
+H&E (``stain`` section): every image is seen through :class:`nucleate.stain.StainTransform` - the pseudo-masks
+made in memory through ``stain.cluster_input``, the student (training, gold validation, KD crops, student
+tables) through ``stain.student_input``, both after ``stain.normalise``; a non-default student side is recorded
+in the model's ``extra["stain"]`` (reference numbers included), so ``predict`` transforms images the same way.
+Gray images pass unchanged, and the default section changes nothing.
+
 Writes, each atomically:
 
 * ``out`` (``storage/model``): ``student.pt`` + ``student.json`` (:func:`nucleate.models.save_model`;
@@ -40,7 +46,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -55,7 +61,7 @@ import typer
 
 import nucleate
 from nucleate.annotations import centroids_xy, points_xy, rows_by_image
-from nucleate.config import DonusegParams, ModelParams, PredictParams, PseudomaskParams, TrainParams
+from nucleate.config import DonusegParams, ModelParams, PredictParams, PseudomaskParams, StainParams, TrainParams
 from nucleate.device import DeviceError, resolve_device
 from nucleate.inference import predict_maps
 from nucleate.io import (
@@ -76,6 +82,7 @@ from nucleate.io import (
 )
 from nucleate.models import ModelError, network_input, resize_labels, save_model
 from nucleate.pseudomask import PointError, from_points
+from nucleate.stain import StainTransform
 from nucleate.training import (
     TrainError,
     UnlabeledPool,
@@ -137,11 +144,13 @@ def _pool_entries(manifest: pa.Table) -> tuple[dict[str, dict[str, Any]], Path]:
     return entries, root
 
 
-def _read(root: Path, entry: dict[str, Any]) -> np.ndarray:
+def _read(root: Path, entry: dict[str, Any], view: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """The image of a manifest entry, through ``view`` (a :class:`nucleate.stain.StainTransform` method)."""
     try:
-        return read_image(root / entry["path"])
+        image = read_image(root / entry["path"])
     except (ImageError, FileNotFoundError) as exc:
         raise TrainStageError(f"image {entry['image_id']} ({entry['path']}): {exc}") from None
+    return image if view is None else view(image)
 
 
 def _mask(masks: Path, entry: dict[str, Any]) -> np.ndarray | None:
@@ -168,7 +177,7 @@ def _stored_pseudomasks(folder: Path | None, points_id: str, log: logging.Logger
 
 
 def _training_images(model: ModelParams, train_p: TrainParams, pseudomask: PseudomaskParams, seed: int, *,
-                     entries: dict[str, dict[str, Any]], root: Path, points_path: Path | None,
+                     stain: StainTransform, entries: dict[str, dict[str, Any]], root: Path, points_path: Path | None,
                      points: pa.Table | None, points_id: str | None,
                      pseudomasks: Path | None, masks: Path | None, teacher: dict[str, np.ndarray],
                      log: logging.Logger) -> list:
@@ -186,7 +195,8 @@ def _training_images(model: ModelParams, train_p: TrainParams, pseudomask: Pseud
             if truth is None:
                 continue
             _, xy = centroids_xy(truth)
-            images.append(prepare_image(image_id, _read(root, entry), scale=scale, patch_px=train_p.patch_px,
+            images.append(prepare_image(image_id, _read(root, entry, stain.student), scale=scale,
+                                        patch_px=train_p.patch_px,
                                         points_xy=xy, heatmap_sigma_px=sigma, truth=truth,
                                         teacher_probs=teacher.get(image_id)))
         if not images:
@@ -217,20 +227,20 @@ def _training_images(model: ModelParams, train_p: TrainParams, pseudomask: Pseud
                     for name in ("voronoi", "cluster", "semantic")}
         else:
             try:
-                pm = from_points(image, xy, params=pseudomask, seed=seed)
+                pm = from_points(stain.cluster(image), xy, params=pseudomask, seed=seed)
             except PointError as exc:
                 raise TrainStageError(f"{points_path}: row {int(rows_of[image_id][exc.index])} (image {image_id}, "
                                       f"{entry['path']}): {exc}") from None
             maps = {"voronoi": pm.voronoi, "cluster": pm.cluster, "semantic": pm.semantic}
-        images.append(prepare_image(image_id, image, scale=scale, patch_px=train_p.patch_px, points_xy=xy,
-                                    heatmap_sigma_px=sigma, teacher_probs=teacher.get(image_id), **maps))
+        images.append(prepare_image(image_id, stain.student(image), scale=scale, patch_px=train_p.patch_px,
+                                    points_xy=xy, heatmap_sigma_px=sigma, teacher_probs=teacher.get(image_id), **maps))
     if not images:
         raise TrainStageError(f"{points_path}: no pool image has points yet; annotate a round first "
                               "(`nucleate ls push`, then `nucleate ls pull` and `nucleate points`)")
     return images
 
 
-def _gold(entries: dict[str, dict[str, Any]], root: Path, masks: Path | None, scale: float
+def _gold(entries: dict[str, dict[str, Any]], root: Path, masks: Path | None, scale: float, stain: StainTransform
           ) -> list[tuple[np.ndarray, np.ndarray]]:
     if masks is None:
         return []
@@ -238,7 +248,7 @@ def _gold(entries: dict[str, dict[str, Any]], root: Path, masks: Path | None, sc
     for entry in sorted((e for e in entries.values() if e["split"] == "gold"), key=lambda e: e["path"]):
         truth = _mask(masks, entry)
         if truth is not None:
-            x = network_input(_read(root, entry), scale)
+            x = network_input(_read(root, entry, stain.student), scale)
             gold.append((x, resize_labels(truth, x.shape[1:]) > 0))
     return gold
 
@@ -264,6 +274,7 @@ def run(
     seed: int,
     *,
     manifest: str | Path,
+    stain: StainParams | None = None,
     out: str | Path,
     points: str | Path | None = None,
     pseudomasks: str | Path | None = None,
@@ -280,7 +291,7 @@ def run(
 
     The params sections are params.yaml's ``model``, ``train``, ``donuseg``, ``pseudomask`` (the data's
     nucleus radius and, when made in memory, the pseudo-masks), ``predict`` (the sliding window of the
-    student tables), ``teacher.classes`` and ``seed``.
+    student tables), ``teacher.classes``, ``seed`` and ``stain`` (None: images as read, as the default section).
     Raises :class:`MissingInput`, :class:`TrainStageError`, :class:`nucleate.training.TrainError`.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) every process calls this with the same
@@ -291,7 +302,7 @@ def run(
         return _run(model, train_params, donuseg, pseudomask, predict, classes, seed, where, manifest=manifest,
                     out=out, points=points, pseudomasks=pseudomasks, masks=masks, teacher_probs=teacher_probs,
                     student_probs=student_probs, student_features=student_features, checkpoints=checkpoints,
-                    resume=resume, progress=progress, log=log)
+                    resume=resume, progress=progress, stain=stain, log=log)
 
 
 def _torchrun_env() -> tuple[int, int, int] | None:
@@ -335,13 +346,14 @@ def _process_group(train_params: TrainParams) -> Iterator[Ranks]:
 
 
 def _run(model, train_params, donuseg, pseudomask, predict, classes, seed, where: Ranks, *, manifest, out, points,
-         pseudomasks, masks, teacher_probs, student_probs, student_features, checkpoints, resume, progress, log
-         ) -> TrainReport:
+         pseudomasks, masks, teacher_probs, student_probs, student_features, checkpoints, resume, progress, stain,
+         log) -> TrainReport:
     log = log or logger("train")
     if not where.main:  # one log for the run: rank 0's (the others still say what goes wrong)
         log = logging.getLogger(f"{log.name}.rank{where.rank}")
         log.setLevel(logging.WARNING)
     manifest_path = LAYOUT.require("manifest", manifest)
+    transform = StainTransform.from_params(stain if stain is not None else StainParams())
     points_path = LAYOUT.require("consensus", points) if train_params.supervision != "full" else None
     points_rows = read_table("points", points_path) if points_path is not None else None
     points_id = _file_id(points_path)
@@ -362,7 +374,7 @@ def _run(model, train_params, donuseg, pseudomask, predict, classes, seed, where
         teacher = dict(zip(table.column("image_id").to_pylist(), probs_array(table), strict=True))
     elif train_params.kd_weight > 0:
         log.info(f"train: no teacher probabilities at {teacher_path}; the image head is not distilled (KD off)")
-    images = _training_images(model, train_params, pseudomask, seed, entries=entries, root=root,
+    images = _training_images(model, train_params, pseudomask, seed, stain=transform, entries=entries, root=root,
                               points_path=points_path, points=points_rows, points_id=points_id,
                               pseudomasks=Path(pseudomasks) if pseudomasks else None,
                               masks=masks_dir, teacher=teacher, log=log)
@@ -373,7 +385,8 @@ def _run(model, train_params, donuseg, pseudomask, predict, classes, seed, where
     pool_ids = [i for i, e in entries.items() if e["split"] == "pool" and i in teacher]
     if teacher and pool_ids:
         kd_pool = UnlabeledPool([root / entries[i]["path"] for i in pool_ids], np.stack([teacher[i] for i in pool_ids]),
-                                scale=scale, patch_px=train_params.patch_px)
+                                scale=scale, patch_px=train_params.patch_px,
+                                reader=lambda path: transform.student(read_image(path)))
     data_ids = {
         "manifest": content_id(manifest_path),
         "points": points_id,
@@ -383,11 +396,13 @@ def _run(model, train_params, donuseg, pseudomask, predict, classes, seed, where
     }
     settings = {**params_dict(model, train_params, donuseg), "nucleus_radius_px": pseudomask.nucleus_radius_px,
                 "classes": list(classes), "seed": seed}
+    if transform.params != StainParams():  # only when set: default runs keep their fingerprints and model cards
+        settings["stain"] = dataclasses.asdict(transform.params)
     fingerprint = content_hash_json({"settings": settings, "data": data_ids})
     checkpoint = (Path(checkpoints) if checkpoints is not None else LAYOUT.checkpoints) / CHECKPOINT_FILE
     if train_params.threads:
         torch.set_num_threads(train_params.threads)
-    gold = _gold(entries, root, masks_dir, scale) if train_params.val_every else []
+    gold = _gold(entries, root, masks_dir, scale, transform) if train_params.val_every else []
     log.info(f"train: {train_params.supervision} on {len(images)} pool images ({sum(im.points for im in images)} "
              f"points), scale x{scale:.3g}, {train_params.epochs} epochs, {len(gold)} gold images for validation")
     result = train(images, model=model, train=train_params, donuseg=donuseg, seed=seed, num_classes=num_classes,
@@ -400,6 +415,8 @@ def _run(model, train_params, donuseg, pseudomask, predict, classes, seed, where
         "heatmap_trained": heatmap_trained(train_params, donuseg), "supervision": train_params.supervision,
         "round": round_no,
     }
+    if transform.to_extra() is not None:  # absent by default: models without stain settings stay as before
+        extra["stain"] = transform.to_extra()
     report = TrainReport(Path(out), train_params.supervision, images=len(images),
                          points=int(sum(im.points for im in images)), epochs=train_params.epochs, steps=result.steps,
                          seconds=round(result.seconds, 1), device=result.device,
@@ -428,7 +445,7 @@ def _run(model, train_params, donuseg, pseudomask, predict, classes, seed, where
         _write_history(staging / "training.csv", result.history)
     if student_probs is not None or student_features is not None:
         report.student_rows = _student_tables(result.model, predict, classes, entries, root, scale, extra,
-                                              student_probs, student_features, log)
+                                              student_probs, student_features, log, transform)
     barrier()
     return report
 
@@ -447,14 +464,14 @@ def _round(points: pa.Table | None) -> int:
 
 
 def _student_tables(model, window: PredictParams, classes, entries, root, scale, extra, probs_path, features_path,
-                    log) -> int:
+                    log, stain: StainTransform) -> int:
     """Image-head probabilities and pooled embeddings of every pool image (predict's sliding window)."""
     ids, probs, features = [], [], []
     started = time.perf_counter()
     for image_id, entry in sorted(entries.items(), key=lambda kv: kv[1]["path"]):
         if entry["split"] != "pool":
             continue
-        x = network_input(_read(root, entry), scale)
+        x = network_input(_read(root, entry, stain.student), scale)
         maps = predict_maps(model, x, window_px=window.window_px, overlap=window.overlap,
                             batch_size=window.batch_size, device=window.device)
         ids.append(image_id)
@@ -483,7 +500,8 @@ def command(
     student_features: Path = typer.Option(LAYOUT.student_features, help="Write the student's embeddings here."),
     checkpoints: Path = typer.Option(LAYOUT.checkpoints, help="Folder of the per-epoch checkpoint."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint of the same run."),
-    params: Path = typer.Option(Path("params.yaml"), help="params file (model, train, donuseg, pseudomask, seed)."),
+    params: Path = typer.Option(Path("params.yaml"),
+                                help="params file (model, train, donuseg, pseudomask, stain, seed)."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Processes on this machine (torchrun): one per GPU, or CPU "
                               "processes; train.batch_size is the global batch they share."),
 ) -> None:
@@ -499,7 +517,7 @@ def command(
         report = run(cfg.model, cfg.train, cfg.donuseg, cfg.pseudomask, cfg.predict, cfg.teacher.classes, cfg.seed,
                      manifest=manifest, out=out, points=points, pseudomasks=pseudomasks, masks=masks,
                      teacher_probs=teacher_probs, student_probs=student_probs, student_features=student_features,
-                     checkpoints=checkpoints, resume=resume, progress=sys.stderr.isatty())
+                     checkpoints=checkpoints, resume=resume, progress=sys.stderr.isatty(), stain=cfg.stain)
     if report.rank == 0:
         for line in report.lines():
             typer.echo(line)

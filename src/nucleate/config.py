@@ -33,6 +33,7 @@ __all__ = [
     "RoundsParams",
     "SelectParams",
     "SlidesParams",
+    "StainParams",
     "TeacherParams",
     "TrainParams",
     "ParamsError",
@@ -275,6 +276,22 @@ class SlidesParams:
 
 
 @dataclass(frozen=True)
+class StainParams:
+    """H&E stain (:mod:`nucleate.stain`): normalisation to a reference and the stain-aware representation.
+
+    RGB images only; gray (fluorescence) images pass unchanged whatever is set here.
+    """
+
+    normalise: str = _f("none", choices=("none", "macenko", "reinhard"))  # map each RGB image's stain to the reference
+    reference: str = _f("")  # H&E image whose stain is the target ("" = nucleate.stain.BUNDLED_REFERENCE)
+    cluster_input: str = _f("image", choices=("image", "hematoxylin"))  # pseudo-mask k-means intensity feature
+    student_input: str = _f("image", choices=("image", "hematoxylin"))  # what the student network sees
+    io: float = _f(240.0, gt=0.0, max=255.0)  # Macenko: white level (transmitted light), 8-bit units
+    beta: float = _f(0.15, gt=0.0, max=5.0)  # Macenko: optical density below this in any channel = glass, not fitted
+    alpha: float = _f(1.0, gt=0.0, max=49.0)  # Macenko: stain vectors at the alpha / 100-alpha angle percentiles
+
+
+@dataclass(frozen=True)
 class Params:
     """All hyper-parameters; one attribute per top-level key of ``params.yaml``."""
 
@@ -291,6 +308,7 @@ class Params:
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     rounds: RoundsParams = field(default_factory=RoundsParams)
     slides: SlidesParams = field(default_factory=SlidesParams)
+    stain: StainParams = field(default_factory=StainParams)
 
 
 def load_params(path: str | Path) -> Params:

@@ -6,7 +6,8 @@
    (``extra["data_nucleus_radius_px"]``, i.e. "same magnification as the training images"; the model's own
    ``nucleus_radius_px`` when the model does not record it); or ``"estimate"`` =
    :func:`nucleate.inference.estimate_nucleus_radius` on this image;
-2. ``scale = extra["nucleus_radius_px"] / R``; ``x = network_input(image, scale)``;
+2. ``scale = extra["nucleus_radius_px"] / R``; ``x = network_input(image, scale)`` (after the student's stain
+   transform when the model records one in ``extra["stain"]``: :meth:`nucleate.stain.StainTransform.student`);
 3. :func:`nucleate.inference.predict_maps` (sliding windows of ``params.window_px`` at the model's scale);
 4. :func:`nucleate.inference.instances_from_maps` at the model's scale, with ``peak_distance_px =
    params.peak_distance * r`` and ``min_area_px = params.min_area * r**2`` (r = the model's nucleus radius),
@@ -29,6 +30,7 @@ from nucleate.inference.instances import instances_from_maps
 from nucleate.inference.maps import predict_maps
 from nucleate.inference.scale import estimate_nucleus_radius
 from nucleate.models import LoadedModel, ModelError, network_input, resize_labels
+from nucleate.stain import StainTransform
 
 __all__ = ["ESTIMATE", "Segmentation", "model_radius", "resolve_markers", "segment_image"]
 
@@ -91,7 +93,8 @@ def segment_image(
     if not radius > 0 or not np.isfinite(radius):
         raise ValueError(f"nucleus radius must be a positive number of pixels, got {radius}")
     scale = r_model / radius
-    x = network_input(image, scale)
+    stain = loaded.extra.get("stain")
+    x = network_input(image if stain is None else StainTransform.from_extra(stain).student(image), scale)
     maps = predict_maps(loaded.model, x, window_px=params.window_px, overlap=params.overlap,
                         batch_size=params.batch_size, device=params.device)
     labels, centres, scores = instances_from_maps(

@@ -118,3 +118,24 @@ def test_stage_with_a_bad_reference_prints_one_line(tmp_path):
     (line,) = [x for x in result.output.splitlines() if x.strip()]
     assert line.startswith("error: stain.reference: missing/ref.png: no such file; set stain.reference"), line
     assert not (tmp_path / "pm").exists()
+
+
+def test_predict_applies_the_stain_the_model_recorded():
+    """segment_image reads extra["stain"]: a model trained on the hematoxylin channel segments H&E directly."""
+    import torch
+
+    from nucleate.config import PredictParams
+    from nucleate.inference import segment_image
+    from tests.core.test_inference import PixelNet, _loaded, _nuclei_image
+
+    torch.manual_seed(0)
+    gray, centres, truth = _nuclei_image((120, 100), 10, 4)
+    rgb = pseudo_he(gray, np.random.default_rng(0))
+    transform = StainTransform.from_params(dataclasses.replace(PARAMS, student_input="hematoxylin"))
+    model, params = PixelNet(nucleus_gain=20.0), PredictParams(device="cpu")
+    seg = segment_image(_loaded(model, stain=transform.to_extra()), rgb, params, nucleus_radius_px=10.0)
+    assert model.shapes == [(1, 1, 120, 100)]  # one channel: the hematoxylin image, not RGB
+    assert seg.labels.max() == len(centres)
+    assert ((seg.labels > 0) == (truth > 0)).mean() > 0.97
+    plain = segment_image(_loaded(model), rgb, params, nucleus_radius_px=10.0)  # no stain recorded: RGB as is
+    assert ((plain.labels > 0) == (truth > 0)).mean() < 0.9

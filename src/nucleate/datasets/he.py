@@ -12,7 +12,8 @@ in H&E colours; its instance masks stay exactly valid because no pixel moves. Re
    Ruifrok & Johnston's H&E-DAB vectors), then 8-bit. These H and E ranges match ``rgb2hed`` of a real H&E tile.
 
 So nuclei are purple (hematoxylin), the rest pink (eosin), and :func:`skimage.color.rgb2hed` channel 0 gives back
-the stretched nuclear channel up to an affine map (the stain matrix is the inverse of ``rgb2hed``'s).
+the stretched nuclear channel up to an affine map and 8-bit rounding (the stain matrix is the inverse of
+``rgb2hed``'s; correlation > 0.99 on the sample gold images).
 :func:`restained` draws a perturbed stain matrix, a stand-in for another lab's or scanner's staining.
 """
 

@@ -287,7 +287,7 @@ class StainParams:
     cluster_input: str = _f("image", choices=("image", "hematoxylin"))  # pseudo-mask k-means intensity feature
     student_input: str = _f("image", choices=("image", "hematoxylin"))  # what the student network sees
     io: float = _f(240.0, gt=0.0, max=255.0)  # Macenko: white level (transmitted light), 8-bit units
-    beta: float = _f(0.15, gt=0.0, max=5.0)  # Macenko: optical density below this in any channel = glass, not fitted
+    beta: float = _f(0.15, gt=0.0, max=5.0)  # Macenko: optical density below this in every channel = glass, not fitted
     alpha: float = _f(1.0, gt=0.0, max=49.0)  # Macenko: stain vectors at the alpha / 100-alpha angle percentiles
 
 

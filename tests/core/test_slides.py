@@ -150,7 +150,15 @@ def test_tile_slide_round_trip_within_a_hundredth_px(slide_path, slide_mpp, tile
         assert np.abs(back - pts).max() < 0.01
         corners = tile_to_slide(tile, [[0, 0], [tile_px, tile_px]])
         np.testing.assert_allclose(corners, [[tile.x0, tile.y0], [tile.x0 + tile.width0, tile.y0 + tile.height0]])
-        assert tile.width0 == pytest.approx(tile_px * target / slide_mpp)
+        assert abs(tile.width0 - tile_px * target / slide_mpp) < 1.0 and float(tile.width0).is_integer()
+    # edge to edge: each row's tiles share their edges, so a level-0 point lies on exactly one tile
+    by_row = {}
+    for tile in tiles:
+        by_row.setdefault(tile.y0, []).append(tile)
+    for row in by_row.values():
+        assert all(a.x0 + a.width0 == b.x0 for a, b in zip(row, row[1:], strict=False))
+    ys = sorted(by_row)
+    assert all(by_row[a][0].y0 + by_row[a][0].height0 == b for a, b in zip(ys, ys[1:], strict=False))
 
 
 def _centres_in_slide(tile: Tile) -> tuple[np.ndarray, np.ndarray]:

@@ -211,7 +211,7 @@ def _concat(tables: list[pa.Table]) -> pa.Table:
                   pa.table({**{c: t.column(c) for c in t.column_names},
                             **{f.name: pa.nulls(t.num_rows, f.type) for f in SLIDE_POINT_FIELDS}})
                   for t in tables]
-    return pa.concat_tables(tables)
+    return pa.concat_tables(tables, promote_options="permissive")  # nullability may differ between parts
 
 
 def _target_for(path: Path, image: str | None, names: dict[str, str], slides: dict[str, str],

@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from nucleate.annotations.labelstudio import PALETTE, point_problem
-from nucleate.annotations.points import UNKNOWN_TIME, points_table
+from nucleate.annotations.points import UNKNOWN_TIME, group_rows, points_table
 from nucleate.io.tables import ORIGINS, SCHEMAS, SLIDE_POINT_FIELDS
 from nucleate.slides.coords import slide_to_tile, tile_to_slide
 from nucleate.slides.grid import Tile
@@ -272,10 +272,12 @@ def _slide_xy(table: pa.Table, tiles: Mapping[str, Tile]) -> np.ndarray:
     if "slide_x" in table.column_names:
         xy[:, 0] = table.column("slide_x").to_numpy()  # nulls read as NaN
         xy[:, 1] = table.column("slide_y").to_numpy()
-    ids = table.column("image_id").to_pylist()
-    tx, ty = table.column("x").to_numpy(), table.column("y").to_numpy()
-    for i in np.flatnonzero(np.isnan(xy).any(axis=1)):
-        xy[i] = tile_to_slide(tiles[ids[i]], [tx[i], ty[i]])[0]
+    todo = np.flatnonzero(np.isnan(xy).any(axis=1))
+    if len(todo):
+        ids = np.asarray(table.column("image_id").to_pylist(), object)[todo]
+        tile_xy = np.column_stack([table.column("x").to_numpy(), table.column("y").to_numpy()])[todo]
+        for image_id, rows in group_rows(ids).items():
+            xy[todo[rows]] = tile_to_slide(tiles[image_id], tile_xy[rows])
     return xy
 
 
@@ -383,11 +385,14 @@ def from_qupath_slides(
         boxes = _tile_boxes([t for _, t in on_slide])
         at = _locate(boxes, xy)
         index = {image_id: k for k, (image_id, _) in enumerate(on_slide)}
+        named = np.array([index.get((f[4] or {}).get("image_id"), -1) for f in found], np.int64)
+        if len(boxes) and (named >= 0).any():  # the tile saved with the point, when it holds the point
+            box = boxes[np.maximum(named, 0)]
+            holds = ((box[:, 0] <= xy[:, 0]) & (xy[:, 0] <= box[:, 2]) & (box[:, 1] <= xy[:, 1])
+                     & (xy[:, 1] <= box[:, 3]))
+            at = np.where((named >= 0) & holds, named, at)
         missed = []
         for (where, x, y, label, extra), k in zip(found, at, strict=True):
-            named = index.get((extra or {}).get("image_id"))
-            if named is not None and _locate(boxes[named:named + 1], np.array([[x, y]]))[0] == 0:
-                k = named
             if k < 0:
                 missed.append((x, y))
                 continue

@@ -280,6 +280,7 @@ def test_qupath_points_made_on_a_slide_go_to_the_tile_holding_them():
          "properties": {"objectType": "annotation"}},
         {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 0]]]},
          "properties": {}},
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [float("nan"), 3]}, "properties": {}},
     ]
     res = from_qupath_slides([("case.geojson", SLIDE, made)], tiles=tiles, labels=LABELS,
                              default_label="micronucleus")
@@ -290,10 +291,10 @@ def test_qupath_points_made_on_a_slide_go_to_the_tile_holding_them():
     np.testing.assert_allclose([(r["x"], r["y"]) for r in res.points.to_pylist()],
                                [(50 * 64 / W0, 60 * 64 / W0), ((213.3 - 107) * 64 / W0, 10 * 64 / W0),
                                 (20.5 * 64 / W0, (150.25 - 107) * 64 / W0)], atol=1e-9)
-    assert res.n_rejected == 4 and len(res.rejected) == 2
-    assert "Polygon" in res.rejected[0]
+    assert res.n_rejected == 5 and len(res.rejected) == 3
+    assert "Polygon" in res.rejected[0] and "feature 3: coordinates are not finite" in res.rejected[1]
     # the sub-pixel gap between two tiles, the tile that was not kept, past the slide's last tile: one line
-    assert res.rejected[1].startswith("case.geojson: 3 point(s) lie on no kept tile") and "(106.8, 50.0)" in \
-        res.rejected[1]
+    assert res.rejected[2].startswith("case.geojson: 3 point(s) lie on no kept tile") and "(106.8, 50.0)" in \
+        res.rejected[2]
     other = from_qupath_slides([("other.geojson", "o" * 64, made[:1])], tiles=tiles, labels=LABELS)
     assert other.points.num_rows == 0 and other.n_rejected == 5  # a slide without kept tiles

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -378,9 +379,14 @@ def from_qupath_slides(
         found = []
         for where, x, y, label, extra in _qupath_points(source, obj, default_label, b.reject):
             try:
-                found.append((where, float(x), float(y), label, extra))
+                xf, yf = float(x), float(y)
             except (TypeError, ValueError):
                 b.reject(f"{where}: coordinates are not numbers ({x!r}, {y!r})")
+                continue
+            if not (math.isfinite(xf) and math.isfinite(yf)):
+                b.reject(f"{where}: coordinates are not finite ({xf}, {yf})")
+                continue
+            found.append((where, xf, yf, label, extra))
         xy = np.array([(f[1], f[2]) for f in found], np.float64).reshape(-1, 2)
         boxes = _tile_boxes([t for _, t in on_slide])
         at = _locate(boxes, xy)

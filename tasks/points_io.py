@@ -257,9 +257,7 @@ def export_command(
 ) -> None:
     """Export a points table as QuPath GeoJSON or COCO keypoints (pixel units).
 
-    QuPath: one <image path without suffix>.geojson per plain image (a Point per point) and one
-    <slide path without suffix>.geojson per slide for points on tiles (full-resolution px, one MultiPoint
-    annotation per label, as QuPath's Points tool writes them).
+    QuPath: one file per plain image (a Point per point) and one per slide (full-resolution px, a MultiPoint per label).
     """
     labels = load_params_or_exit(params).labels
     try:
@@ -285,9 +283,7 @@ def import_command(
 ) -> None:
     """Import point annotations (QuPath GeoJSON, COCO keypoints, CSV) into a points table.
 
-    A QuPath file made on a slide (named after it, or --image) is read in full-resolution px: each point goes
-    to the manifest tile holding it (x, y in tile px, slide_x / slide_y kept); points on no kept tile are
-    counted in one line.
+    QuPath on a slide: full-resolution px; each point goes to the kept tile holding it (slide_x / slide_y kept).
     """
     labels = load_params_or_exit(params).labels
     try:

@@ -119,7 +119,8 @@ def import_points(
         else:
             raise ValueError(f"import format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     rejected = [line for p in parts for line in p.rejected]
-    table = pa.concat_tables([p.points for p in parts]) if parts else empty_table("points")
+    # promote: files with and without the optional slide columns combine (absent values read as null)
+    table = pa.concat_tables([p.points for p in parts], promote_options="default") if parts else empty_table("points")
     for line in rejected:
         log(f"rejected {line}")
     if strict and rejected:

@@ -59,11 +59,12 @@ def _per_group(picks, groups):
 
 
 @pytest.mark.parametrize("labeled", [[], [3, 17, 55]])
-@pytest.mark.parametrize(("cap", "order"), [(1, "C"), (2, "F"), (4, "C")])
-def test_pcoreset_with_a_cap_is_the_masked_greedy_loop(labeled, cap, order):
+@pytest.mark.parametrize(("cap", "order", "backend"), [(1, "C", "numpy"), (2, "F", "numpy"), (4, "C", "numpy"),
+                                                       (1, "F", "numba"), (2, "C", "torch")])
+def test_pcoreset_with_a_cap_is_the_masked_greedy_loop(labeled, cap, order, backend):
     probs, groups = _problem()
     sel = select_scored("pcoreset", np.asarray(probs, order=order), budget=15, labeled=labeled, groups=groups,
-                        group_cap=cap)
+                        group_cap=cap, backend=backend, device="cpu")
     picks, dists = masked_kcenter(probs, 15, labeled, groups, cap)
     if cap == 1:  # the cap changes the batch here (3 slides, 10 plain rows)
         assert picks != select_scored("pcoreset", probs, budget=15, labeled=labeled).indices.tolist()
@@ -91,17 +92,17 @@ def test_entropy_with_a_cap_skips_full_slides_in_rank_order():
     np.testing.assert_array_equal(sel.scores, score[expected])
 
 
-@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
-def test_every_strategy_respects_the_cap_and_fills_the_budget_when_it_can(strategy):
+@pytest.mark.parametrize(("strategy", "backend"), [(s, "numpy") for s in sorted(STRATEGIES)]
+                         + [("pcoreset", "numba"), ("pcoreset", "torch"), ("coreset", "torch")])
+def test_every_strategy_respects_the_cap_and_fills_the_budget_when_it_can(strategy, backend):
     probs, groups = _problem(seed=2)
     feats = np.random.default_rng(3).normal(size=(len(probs), 5))
-    sel = select_scored(strategy, probs, budget=14, labeled=[5, 6], seed=7, features=feats, groups=groups,
-                        group_cap=1)
+    kw = {"labeled": [5, 6], "seed": 7, "features": feats, "groups": groups, "backend": backend, "device": "cpu"}
+    sel = select_scored(strategy, probs, budget=14, group_cap=1, **kw)
     assert len(sel.indices) == 13  # 3 slides x 1 tile + the 10 plain images: the cap shortens the batch
     assert len(set(sel.indices.tolist())) == 13 and not {5, 6} & set(sel.indices.tolist())
     assert _per_group(sel.indices, groups).tolist() == [1, 1, 1]
-    sel = select_scored(strategy, probs, budget=8, labeled=[5, 6], seed=7, features=feats, groups=groups,
-                        group_cap=3)
+    sel = select_scored(strategy, probs, budget=8, group_cap=3, **kw)
     assert len(sel.indices) == 8 and _per_group(sel.indices, groups).max() <= 3
 
 

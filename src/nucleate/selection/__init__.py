@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from nucleate.selection.cap import check_groups, select_capped
+from nucleate.selection.cap import GroupCap, check_groups
 from nucleate.selection.kcenter import KCenterResult, kcenter_greedy
-from nucleate.selection.strategies import STRATEGIES, Selection, Strategy, class_quotas, register
+from nucleate.selection.strategies import STRATEGIES, Selection, Strategy, class_quotas, register, select_capped
 from nucleate.selection.validation import (
     PROB_SUM_TOLERANCE,
     check_budget,
@@ -44,6 +44,7 @@ from nucleate.selection.validation import (
 __all__ = [
     "PROB_SUM_TOLERANCE",
     "STRATEGIES",
+    "GroupCap",
     "KCenterResult",
     "Selection",
     "Strategy",
@@ -89,7 +90,7 @@ def select_scored(
     if group_cap and groups is not None:
         groups = check_groups(groups, n)
         if (groups >= 0).any():
-            return select_capped(entry.fn, probs, budget, labeled_rows, seed, features, backend, device,
+            return select_capped(entry, probs, budget, labeled_rows, seed, features, backend, device,
                                  groups=groups, cap=int(group_cap))
     return entry.fn(probs, budget, labeled_rows, seed, features, backend, device)
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from scipy.special import entr
 
-from nucleate.selection import STRATEGIES, select_scored
+from nucleate.selection import STRATEGIES, select_capped, select_scored
 
 
 def _problem(n=60, c=4, slides=3, seed=0):
@@ -131,3 +133,15 @@ def test_bad_groups_or_cap_are_one_clear_error(groups, cap, message):
     probs, _ = _problem()
     with pytest.raises(ValueError, match=message):
         select_scored("pcoreset", probs, budget=3, groups=groups, group_cap=cap)
+
+
+@pytest.mark.parametrize("labeled", [[], [3, 17, 55]])
+def test_the_re_run_path_gives_the_native_k_center_picks(labeled):
+    """Both ways of applying the cap are the same rule: pcoreset forced through the re-run path agrees bit for bit."""
+    probs, groups = _problem(seed=5)
+    entry = STRATEGIES["pcoreset"]
+    args = (probs, 20, np.asarray(labeled, np.int64), 0, None, "numpy", None)
+    native = select_capped(entry, *args, groups=groups, cap=2)
+    rerun = select_capped(replace(entry, native_cap=False), *args, groups=groups, cap=2)
+    np.testing.assert_array_equal(rerun.indices, native.indices)
+    np.testing.assert_array_equal(rerun.scores, native.scores)

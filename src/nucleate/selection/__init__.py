@@ -52,6 +52,7 @@ __all__ = [
     "kcenter_greedy",
     "register",
     "select",
+    "select_capped",
     "select_scored",
 ]
 

@@ -29,8 +29,8 @@ points or in-flight file means "none yet" and is logged, so the first round need
 
 Output: the ``selection`` table (``round``, ``rank`` 0 first, ``image_id``, ``strategy``, ``min_distance``:
 the distance to the nearest centre when picked, for ``pcoreset`` / ``coreset``; null otherwise and for a
-cold-start first pick). Schema metadata: budget, per_slide_cap, space, seed, the probabilities' teacher / model id, the
-features source, candidate/labeled/in-flight counts. ``round`` defaults to 1 + the largest round found in
+cold-start first pick). Schema metadata: budget, per_slide_cap, space, seed, the probabilities' teacher /
+model id, the features source, candidate/labeled/in-flight counts. ``round`` defaults to 1 + the largest round found in
 the points and in-flight tables (1 when neither has one).
 """
 
@@ -131,9 +131,8 @@ def _slide_groups(manifest: pa.Table, image_ids: list[str]) -> np.ndarray | None
     slide_of = dict(zip(manifest.column("image_id").to_pylist(), manifest.column("slide_id").to_pylist(),
                         strict=True))
     codes: dict[str, int] = {}
-    groups = np.asarray([-1 if (s := slide_of[i]) is None else codes.setdefault(s, len(codes)) for i in image_ids],
-                        dtype=np.int64)
-    return groups
+    return np.asarray([-1 if (s := slide_of[i]) is None else codes.setdefault(s, len(codes)) for i in image_ids],
+                      dtype=np.int64)
 
 
 def run(

@@ -203,15 +203,9 @@ def import_points(
 
 
 def _concat(tables: list[pa.Table]) -> pa.Table:
-    """One points table; when some parts carry the slide columns, the others get them as nulls."""
-    if not tables:
-        return empty_table("points")
-    if any("slide_id" in t.column_names for t in tables):
-        tables = [t if "slide_id" in t.column_names else
-                  pa.table({**{c: t.column(c) for c in t.column_names},
-                            **{f.name: pa.nulls(t.num_rows, f.type) for f in SLIDE_POINT_FIELDS}})
-                  for t in tables]
-    return pa.concat_tables(tables, promote_options="permissive")  # nullability may differ between parts
+    """One points table; parts without the optional slide columns get them as nulls (Arrow's promotion; the
+    nullability of a column may differ between parts)."""
+    return pa.concat_tables(tables, promote_options="permissive") if tables else empty_table("points")
 
 
 def _target_for(path: Path, image: str | None, names: dict[str, str], slides: dict[str, str],

@@ -90,6 +90,9 @@ class SelectParams:
     device: str = _f("auto", choices=("auto", "cpu", "cuda"))  # k-center: torch on CUDA when available, else numba
     # coreset / badge need the student's features table; true lets them use the probability rows instead
     probs_as_features: bool = _f(False)
+    # whole-slide tiles: at most this many tiles of one slide per round's batch (None or 0 = no cap; plain images
+    # are never capped); a cap that leaves too few candidates makes the batch smaller
+    per_slide_cap: int | None = _f(None, min=0)
 
 
 @dataclass(frozen=True)

@@ -261,7 +261,9 @@ class CollectedPoints:
     @classmethod
     def combine(cls, parts: Sequence[CollectedPoints]) -> CollectedPoints:
         """One result from results of disjoint task sets (e.g. rounds)."""
-        out = cls(points=pa.concat_tables([p.points for p in parts]) if parts else empty_table("points"))
+        # promote: parts with and without the optional slide columns combine (absent values read as null)
+        tables = [p.points for p in parts]
+        out = cls(points=pa.concat_tables(tables, promote_options="default") if tables else empty_table("points"))
         for p in parts:
             for name in ("tasks", "annotated_tasks", "skipped_tasks", "annotations", "cancelled", "superseded"):
                 setattr(out, name, getattr(out, name) + getattr(p, name))

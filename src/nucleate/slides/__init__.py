@@ -8,9 +8,10 @@ the top-left *corner* of the top-left pixel; "level-0 px" are pixels of the slid
 * :func:`tile_grid` -> list of :class:`Tile` (kept by tissue fraction), :func:`tile_to_slide` / :func:`slide_to_tile`
 * :func:`read_tile` -> the tile's pixels at the target resolution, read lazily from the best level
 * :func:`read_pool_image` -> a manifest row's pixels, plain image or tile (the one way stages read pool items)
+* :func:`slide_points` -> a points table with ``slide_id, slide_x, slide_y`` (level-0 px) for points on tiles
 """
 
-from nucleate.slides.coords import slide_to_tile, tile_to_slide
+from nucleate.slides.coords import slide_points, slide_to_tile, tile_to_slide
 from nucleate.slides.grid import Tile, tile_grid
 from nucleate.slides.pool import is_tile_row, pool_tile, read_pool_image
 from nucleate.slides.read import read_tile
@@ -27,6 +28,7 @@ __all__ = [
     "pool_tile",
     "read_pool_image",
     "read_tile",
+    "slide_points",
     "slide_to_tile",
     "tile_grid",
     "tile_to_slide",

@@ -40,7 +40,7 @@ from nucleate.annotations.formats import (
 )
 from nucleate.io import (
     LAYOUT,
-    SLIDE_POINT_FIELDS,
+    TILE_FIELDS,
     TableError,
     atomic_write_text,
     empty_table,
@@ -92,10 +92,9 @@ def slide_names(manifest: pa.Table) -> dict[str, str]:
 
 
 def _rows(manifest: pa.Table) -> list[dict]:
-    cols = [c for c in ("image_id", "path", "width", "height", *SLIDE_POINT_FIELDS.names[:1]) if c in
-            manifest.column_names]
-    tile_cols = [c for c in manifest.column_names if c.startswith("tile_") or c == "tissue_fraction"]
-    return manifest.select(cols + tile_cols).to_pylist()
+    """The manifest's rows: id, path, size and, where present, the tile columns."""
+    cols = ["image_id", "path", "width", "height"] + [c for c in TILE_FIELDS.names if c in manifest.column_names]
+    return manifest.select(cols).to_pylist()
 
 
 def _tiles(rows: list[dict]) -> dict[str, Tile]:

@@ -13,7 +13,7 @@ from nucleate.config import SlidesParams
 from nucleate.slides.reader import Slide
 from nucleate.slides.tissue import TissueMask
 
-__all__ = ["Tile", "best_level", "tile_grid", "tissue_fractions"]
+__all__ = ["Tile", "best_level", "core_box", "tile_grid", "tissue_fractions"]
 
 
 @dataclass(frozen=True)
@@ -112,8 +112,7 @@ def tile_grid(slide: Slide, tissue: TissueMask, params: SlidesParams) -> list[Ti
     height0 = params.tile_px * params.target_mpp / slide.mpp[1]
     w, h = slide.dimensions
     nx, ny = math.ceil(w / width0 - 1e-9), math.ceil(h / height0 - 1e-9)
-    xs = np.round(np.arange(nx) * width0).astype(np.int64)
-    ys = np.round(np.arange(ny) * height0).astype(np.int64)
+    xs, ys = _starts(nx, width0), _starts(ny, height0)
     gx, gy = np.meshgrid(xs, ys)
     boxes = np.stack([gx.ravel(), gy.ravel(), np.full(gx.size, width0), np.full(gx.size, height0)], axis=1)
     fractions = tissue_fractions(tissue, boxes)
@@ -133,3 +132,22 @@ def tile_grid(slide: Slide, tissue: TissueMask, params: SlidesParams) -> list[Ti
         for (x, y, _, _), f in zip(boxes, fractions, strict=True)
         if f >= params.tissue_threshold
     ]
+
+
+def _starts(n: int, extent0: float) -> np.ndarray:
+    """Level-0 starts (int64) of ``n`` tiles of ``extent0`` level-0 px laid edge to edge from the origin."""
+    return np.round(np.arange(n) * extent0).astype(np.int64)
+
+
+def core_box(tile: Tile) -> tuple[int, int, int, int]:
+    """The level-0 box ``(x0, y0, x1, y1)`` (half-open: ``x0 <= x < x1``) a tile of :func:`tile_grid` *owns*: from its
+    corner to its right / lower neighbour's corner in the grid (whether or not that neighbour is kept).
+
+    The core boxes of a grid partition the plane right of and below the origin: every level-0 point lies in exactly
+    one of them, even where rounded tile corners make neighbouring tiles overlap or leave a gap of a fraction of a
+    pixel. Whole-slide prediction keeps a nucleus only in the tile whose core box holds its centre.
+    """
+    i, j = round(tile.x0 / tile.width0), round(tile.y0 / tile.height0)
+    x1 = int(_starts(i + 2, tile.width0)[-1])
+    y1 = int(_starts(j + 2, tile.height0)[-1])
+    return tile.x0, tile.y0, x1, y1

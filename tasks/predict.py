@@ -39,6 +39,7 @@ tiles (pixels at ``target_mpp``; default: the model's training data, i.e. a stud
     <rel>/<tile image_id>.tif      int32 instances of each tile (tile_px x tile_px at target_mpp, the pixels
                                    ``read_pool_image`` gives that pool tile): the nuclei it owns, k + 1 = its
                                    k-th row in the table, cut at the tile's edge (their GeoJSON outline is whole)
+                                   (one with its centre but no pixel in the tile is absent)
     points.parquet rows            image_id = the tile's pool id (Tile.image_id), x, y in tile px, slide_id /
                                    slide_x / slide_y = the slide's content id and the centre in level-0 px
 

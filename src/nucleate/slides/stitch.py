@@ -27,7 +27,9 @@ __all__ = ["TileNuclei", "instance_outlines", "stitch_tile"]
 class TileNuclei(NamedTuple):
     """The nuclei one tile owns, ``K`` of them, in the window's instance order."""
 
-    labels: np.ndarray  # (tile_px, tile_px) int32: owned instances cut to the tile, k + 1 = row k; 0 elsewhere
+    # (tile_px, tile_px) int32: owned instances cut to the tile, k + 1 = row k, 0 elsewhere (an owned instance with
+    # none of its pixels in the tile, only possible for a strongly non-convex one, is absent)
+    labels: np.ndarray
     xy: np.ndarray  # (K, 2) float64 centres (x, y) in tile px (corner origin); inside the tile
     slide_xy: np.ndarray  # (K, 2) float64 the same centres in level-0 px
     scores: np.ndarray  # (K,) float32

@@ -71,11 +71,11 @@ def stitch_tile(
 def instance_outlines(labels: np.ndarray, ids: np.ndarray) -> list[np.ndarray]:
     """Outline of each instance ``ids`` of ``labels`` ((H, W) int): a closed ring ``(n, 2)`` float64 (x, y) px,
     corner origin, first point = last, traced through the boundary pixels' centres (the 0.5 iso-line of the
-    instance's mask, :func:`skimage.measure.find_contours`; the longest line when the instance has several parts)
-    and thinned to within 0.5 px (:func:`skimage.measure.approximate_polygon`). A one-pixel instance is a square
+    instance's mask, :func:`skimage.measure.find_contours`; the longest line when the instance has several parts),
+    without the points inside straight runs (the same polygon, fewer vertices). A one-pixel instance is a square
     around its pixel."""
     from scipy import ndimage
-    from skimage.measure import approximate_polygon, find_contours
+    from skimage.measure import find_contours
 
     labels = np.asarray(labels)
     boxes = ndimage.find_objects(labels, max_label=int(max(ids, default=0)))
@@ -86,8 +86,7 @@ def instance_outlines(labels: np.ndarray, ids: np.ndarray) -> list[np.ndarray]:
             raise ValueError(f"instance {k} has no pixels")
         mask = np.pad(labels[box] == k, 1)
         lines = find_contours(mask.astype(np.float32), 0.5)
-        line = max(lines, key=len)
-        line = approximate_polygon(line, tolerance=0.5)
+        line = _drop_collinear(max(lines, key=len))
         if len(line) < 4:  # a single pixel (or a degenerate line): its square
             r, c = np.argwhere(mask)[0]
             line = np.array([[r - 0.5, c - 0.5], [r - 0.5, c + 0.5], [r + 0.5, c + 0.5], [r + 0.5, c - 0.5],
@@ -96,3 +95,15 @@ def instance_outlines(labels: np.ndarray, ids: np.ndarray) -> list[np.ndarray]:
         xy = np.column_stack([line[:, 1] - 1 + box[1].start + 0.5, line[:, 0] - 1 + box[0].start + 0.5])
         rings.append(xy)
     return rings
+
+
+def _drop_collinear(ring: np.ndarray) -> np.ndarray:
+    """A closed ring ``(n, 2)`` (first = last) without the vertices where it goes straight on (exact)."""
+    if len(ring) < 4:
+        return ring
+    points = ring[:-1]
+    before = points - np.roll(points, 1, axis=0)
+    after = np.roll(points, -1, axis=0) - points
+    turn = np.abs(before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]) > 1e-9
+    kept = points[turn]
+    return np.concatenate([kept, kept[:1]]) if len(kept) >= 3 else ring

@@ -196,6 +196,9 @@ def run(
     slides = slides or SlidesParams()
     out = Path(out)
     if images is not None and Path(images).is_file():  # one whole-slide file
+        if Path(images).suffix.lower() not in (*SLIDE_SUFFIXES, ".tif", ".tiff"):  # a TIFF is tried as a slide
+            raise PredictError(f"{images}: not a whole-slide image ({', '.join(SLIDE_SUFFIXES)} or a pyramidal "
+                               "TIFF); pass --images a slide file or a folder of images")
         root, files, slide_paths = Path(images).parent, [], [Path(images)]
     else:
         root = _images_root(images, manifest)

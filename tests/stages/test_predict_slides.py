@@ -116,3 +116,6 @@ def test_bad_slides_give_one_line_and_write_nothing(model_dir, data, tmp_path):
         assert result.exit_code == 1 and len(errors) == 1 and "Traceback" not in result.output, result.output
         assert str(path) in errors[0] and says in errors[0] and "nothing written" in errors[0], errors[0]
         assert not out.exists()
+    result = _cli("--params", data / "params.yaml", "--model", model_dir, "--images", data / "slides" / "plain.png",
+                  "--out", out)
+    assert result.exit_code == 1 and "plain.png: not a whole-slide image" in result.output and not out.exists()

@@ -217,10 +217,10 @@ def run(
         targets[rel] = path
     slide_targets: dict[Path, Path] = {}
     for path in slide_paths:
-        rel = path.relative_to(root).with_suffix("")
-        if rel in slide_targets or rel.with_suffix(".tif") in targets:
-            other = slide_targets.get(rel) or targets[rel.with_suffix(".tif")]
-            raise PredictError(f"{path} and {other} would both be predicted to {rel}; rename one of them")
+        rel = path.relative_to(root).with_suffix("")  # -> <rel>.geojson and <rel>/ (tiles named by their id)
+        if rel in slide_targets:
+            raise PredictError(f"{path} and {slide_targets[rel]} would both be predicted to {rel}.geojson; rename "
+                               "one of them")
         slide_targets[rel] = path
     radius = parse_radius(nucleus_radius_px)
     device = resolve_device(predict.device, setting="predict.device")

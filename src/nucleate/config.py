@@ -275,6 +275,7 @@ class SlidesParams:
     closing_um: float = _f(16.0, min=0.0, max=10_000.0)  # binary closing disk radius, µm
     min_object_um2: float = _f(5000.0, min=0.0)  # tissue pieces smaller than this (µm²) are dropped
     min_hole_um2: float = _f(5000.0, min=0.0)  # holes in tissue smaller than this (µm²) are filled
+    predict_overlap_px: int = _f(64, min=0, max=4096)  # predict: px at target_mpp two neighbouring windows share
 
 
 @dataclass(frozen=True)

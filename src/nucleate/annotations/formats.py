@@ -42,6 +42,7 @@ from nucleate.slides.grid import Tile
 __all__ = [
     "ImportResult",
     "to_qupath",
+    "qupath_detection",
     "from_qupath",
     "to_qupath_slides",
     "from_qupath_slides",
@@ -542,3 +543,38 @@ def from_csv(
                 continue
         b.add(where, image_id, x, y, label, extra)
     return b.result(source)
+
+
+def qupath_detection(
+    xy: Sequence[float], score: float, label: str, labels: Sequence[str] = (), *,
+    outline: Any = None, key: str, properties: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One predicted nucleus as a QuPath *detection* feature (File > Import objects; pixel units, origin at the
+    image's top-left corner, as :func:`to_qupath`).
+
+    ``xy``: its centre (x, y) px; ``outline``: a closed ring ``(n, 2)`` (x, y) px, first point = last, making the
+    geometry a ``Polygon`` (else a ``Point`` at ``xy``). ``score`` is the ``measurements`` entry ``score``;
+    ``label`` the classification, coloured as in :func:`to_qupath` (``labels`` = params ``labels``). The feature id
+    is a UUID derived from ``key`` (reproducible). ``properties``: extra values under ``properties.nucleate``
+    (with the centre as ``x``, ``y``). Coordinates are rounded to 0.01 px.
+    """
+    labels = list(labels)
+    colour = _rgb(PALETTE[labels.index(label) % len(PALETTE)]) if label in labels else [128, 128, 128]
+    x, y = round(float(xy[0]), 2), round(float(xy[1]), 2)
+    if outline is None:
+        geometry = {"type": "Point", "coordinates": [x, y]}
+    else:
+        ring = [[round(float(a), 2), round(float(b), 2)] for a, b in outline]
+        geometry = {"type": "Polygon", "coordinates": [ring]}
+    return {
+        "type": "Feature",
+        "id": str(uuid.uuid5(_NS, key)),
+        "geometry": geometry,
+        "properties": {
+            "objectType": "detection",
+            "classification": {"name": label, "color": colour},
+            "isLocked": False,
+            "measurements": {"score": round(float(score), 4)},
+            "nucleate": {"x": x, "y": y, **(properties or {})},
+        },
+    }

@@ -13,7 +13,7 @@ from nucleate.config import SlidesParams
 from nucleate.slides.reader import Slide
 from nucleate.slides.tissue import TissueMask
 
-__all__ = ["Tile", "best_level", "tile_grid", "tissue_fractions"]
+__all__ = ["Tile", "best_level", "core_box", "tile_grid", "tissue_fractions"]
 
 
 @dataclass(frozen=True)
@@ -138,3 +138,13 @@ def tile_grid(slide: Slide, tissue: TissueMask, params: SlidesParams) -> list[Ti
         for (x, y, bw, bh), f in zip(boxes, fractions, strict=True)
         if f >= params.tissue_threshold
     ]
+
+
+def core_box(tile: Tile) -> tuple[int, int, int, int]:
+    """The level-0 box ``(x0, y0, x1, y1)`` (half-open: ``x0 <= x < x1``) a tile of :func:`tile_grid` *owns*.
+
+    The grid's tiles are exactly edge to edge with whole-pixel corners, so this is the tile's own box, and the
+    boxes of a grid partition the plane right of and below the origin: every level-0 point lies in exactly one.
+    Whole-slide prediction keeps a nucleus only in the tile whose core box holds its centre.
+    """
+    return tile.x0, tile.y0, tile.x0 + round(tile.width0), tile.y0 + round(tile.height0)

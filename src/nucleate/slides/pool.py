@@ -18,7 +18,7 @@ from nucleate.slides.grid import Tile
 from nucleate.slides.read import read_tile
 from nucleate.slides.reader import Slide, open_slide
 
-__all__ = ["is_tile_row", "pool_tile", "read_pool_image"]
+__all__ = ["cached_slide", "is_tile_row", "pool_tile", "read_pool_image"]
 
 _OPEN_SLIDES = 4  # slides kept open per process (file handles + tiffslide's small caches)
 _slides: OrderedDict[str, Slide] = OrderedDict()
@@ -62,3 +62,10 @@ def read_pool_image(root: str | Path, row: Mapping) -> np.ndarray:
     if tile is None:
         return read_image(path)
     return read_tile(_slide(path, tile.slide_id), tile)
+
+
+def cached_slide(path: str | Path, slide_id: str) -> Slide:
+    """The slide ``path`` opened once per process (the small cache :func:`read_pool_image` reads tiles from), with
+    ``slide_id``; for reads other than a pool tile's (e.g. a tile with a margin, :func:`nucleate.slides.read_window`).
+    Raises :class:`nucleate.slides.SlideError` naming the file."""
+    return _slide(Path(path), slide_id)

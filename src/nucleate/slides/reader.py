@@ -7,10 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Slide", "SlideError", "open_slide"]
+__all__ = ["SLIDE_SUFFIXES", "Slide", "SlideError", "is_slide_file", "open_slide"]
 
 #: vendor formats that tiffslide cannot read (openslide can)
 OPENSLIDE_ONLY = (".mrxs", ".vms", ".vmu", ".scn", ".bif", ".svslide")
+#: suffixes of whole-slide files (any case); a ``.tif`` / ``.tiff`` is a slide when :func:`is_slide_file` says so
+SLIDE_SUFFIXES = (".svs", ".ndpi", ".tf2", ".tf8", ".btf", *OPENSLIDE_ONLY)
 
 
 class SlideError(ValueError):
@@ -127,6 +129,26 @@ def open_slide(
         handle.close()
         raise SlideError(f"{path}: resolution must be a positive number of µm per pixel, got {resolution}")
     return Slide(handle, path, path.stem if slide_id is None else slide_id, resolution)
+
+
+def is_slide_file(path: str | Path) -> bool:
+    """Whether ``path`` is a whole-slide image: a :data:`SLIDE_SUFFIXES` file, or a TIFF holding a pyramid (reduced
+    levels as SubIFDs or as further pages). Reads the TIFF's header only; an unreadable TIFF is not a slide (it fails
+    later as an image, with its own message)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in SLIDE_SUFFIXES:
+        return True
+    if suffix not in (".tif", ".tiff"):
+        return False
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series
+            return bool(series) and len(series[0].levels) > 1
+    except Exception:  # noqa: BLE001 - not a readable TIFF: not a slide
+        return False
 
 
 def level0_location(v: int, downsample: float) -> int:

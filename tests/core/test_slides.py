@@ -346,3 +346,15 @@ def test_manifest_with_some_tile_columns_is_refused(tmp_path):
            "split": "pool", "bytes": 1, "slide_id": "s"}
     with pytest.raises(TableError, match="but not tile_x0"):
         validate_table("manifest", pa.Table.from_pylist([row]))
+
+
+def test_saturation_and_optical_density_match_their_float64_definitions():
+    from skimage.color import rgb2hsv
+
+    from nucleate.slides.tissue import optical_density, saturation
+
+    image = np.random.default_rng(5).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    image[:4], image[4:8] = 0, 77  # black, gray: saturation 0
+    np.testing.assert_allclose(saturation(image), rgb2hsv(image)[..., 1], atol=1e-6)
+    np.testing.assert_allclose(optical_density(image), -np.log10((image + 1.0) / 256).mean(-1), atol=1e-6)
+    assert saturation(image).dtype == optical_density(image).dtype == np.float32

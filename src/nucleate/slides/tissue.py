@@ -93,10 +93,24 @@ def tissue_from_rgb(image: np.ndarray, params: SlidesParams, mpp: tuple[float, f
     return ~_drop_small(~mask, params.min_hole_um2 / px_area)
 
 
+_OD = (-np.log10((np.arange(256) + 1.0) / 256.0)).astype(np.float32)  # optical density of each uint8 value
+
+
 def optical_density(image: np.ndarray) -> np.ndarray:
-    """Mean optical density over the RGB channels of uint8 ``(h, w, 3)``: ``-log10((I + 1) / 256)``, float64
+    """Mean optical density over the RGB channels of uint8 ``(h, w, 3)``: ``-log10((I + 1) / 256)``, float32
     ``(h, w)``; 0 for white, about 0.02 for bright glass, 0.1-1 for stained tissue."""
-    return -np.log10((image.astype(np.float64) + 1.0) / 256.0).mean(axis=-1)
+    od = _OD[image[..., 0]]
+    od += _OD[image[..., 1]]
+    od += _OD[image[..., 2]]
+    return od / 3.0
+
+
+def saturation(image: np.ndarray) -> np.ndarray:
+    """HSV saturation ``(max - min) / max`` over the channels of uint8 RGB ``(h, w, 3)``: float32 ``(h, w)``, 0 where
+    the pixel is black or gray (as :func:`skimage.color.rgb2hsv`, without its float64 copies of the image)."""
+    top = image.max(axis=-1)
+    spread = (top - image.min(axis=-1)).astype(np.float32)
+    return np.divide(spread, top, out=np.zeros_like(spread), where=top > 0)
 
 
 def tissue_signal(image: np.ndarray, params: SlidesParams) -> np.ndarray:
@@ -115,9 +129,7 @@ def tissue_signal(image: np.ndarray, params: SlidesParams) -> np.ndarray:
         signal, floor = optical_density(image), params.min_optical_density
         otsu_on = np.log(np.maximum(signal, 1e-3))
     else:
-        from skimage.color import rgb2hsv
-
-        signal, floor = rgb2hsv(image)[..., 1], params.min_saturation
+        signal, floor = saturation(image), params.min_saturation
         otsu_on = signal
     level = floor
     if otsu_on.size and otsu_on.max() > otsu_on.min():

@@ -155,3 +155,13 @@ def test_sample_slide_extraction_checks_the_hash(tmp_path, cc0_slide_path):
     with pytest.raises(SampleSlideError, match="expected " + SAMPLE_SLIDE["sha256"]):
         extract_sample_slide(bad, tmp_path / "other.svs")
     assert not (tmp_path / "other.svs").exists()
+
+
+def test_backend_choice_errors_are_one_line(tmp_path, cc0_slide_path):
+    path = tmp_path / "case.mrxs"
+    path.write_bytes(b"[GENERAL]\n")
+    with pytest.raises(SlideError, match="not a TIFF file, so tiffslide cannot read it") as err:
+        open_slide(path, backend="tiffslide")
+    assert str(err.value).startswith(str(path))
+    with pytest.raises(SlideError, match="unknown slide backend 'bioformats' \\(one of auto, tiffslide, openslide\\)"):
+        open_slide(cc0_slide_path, backend="bioformats")

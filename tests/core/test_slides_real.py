@@ -126,6 +126,22 @@ def test_cc0_same_pixels_through_openslide(cc0_slide_path, level0):
         np.testing.assert_array_equal(edge[5:, :10], level0[:15, -10:])
 
 
+@pytest.mark.skipif(not openslide_available(), reason="the openslide extra is not installed")
+def test_generated_pyramid_reads_the_same_through_both_backends(tmp_path):
+    """A top-level-page pyramid (OpenSlide's generic-tiff): every level, tile grid and tile the same."""
+    from tests.core.test_slides import MPP, PARAMS, pattern, write_slide
+
+    path = write_slide(tmp_path / "flat.tif", pattern()[:1024, :1280], MPP, subifds=False)  # A and B in part
+    with open_slide(path) as a, open_slide(path, backend="openslide") as b:
+        assert (b.level_dimensions, b.level_downsamples, b.mpp) == (a.level_dimensions, a.level_downsamples, a.mpp)
+        for level in range(4):
+            np.testing.assert_array_equal(b.read_level(level, 37, -3, 300, 200), a.read_level(level, 37, -3, 300, 200))
+        tiles = tile_grid(b, tissue_mask(b, PARAMS), PARAMS)
+        assert tiles == tile_grid(a, tissue_mask(a, PARAMS), PARAMS) and {t.level for t in tiles} == {1}
+        for tile in tiles[::4]:
+            np.testing.assert_array_equal(read_tile(b, tile), read_tile(a, tile))
+
+
 def test_vendor_format_without_the_openslide_extra_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "openslide", None)  # `import openslide` raises ImportError
     path = tmp_path / "case.mrxs"

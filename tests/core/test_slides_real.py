@@ -76,7 +76,9 @@ def test_cc0_tiles_at_defaults(cc0_slide_path, masks, channel):
     assert len(tiles) == 14 and all(t.tissue_fraction >= params.tissue_threshold for t in tiles)
     dropped = [t for t in everything if t.tissue_fraction < params.tissue_threshold]
     assert len(dropped) == 16 and all(t.level == 0 and t.tile_px == 512 for t in tiles)
-    assert tiles[0].width0 == pytest.approx(512 * 0.5 / CC0_MPP)
+    ideal = 512 * 0.5 / CC0_MPP  # 513.03 level-0 px; tiles have whole-px edges, laid edge to edge
+    assert {(t.width0, t.height0) for t in everything} == {(513.0, 513.0)}
+    assert [t.x0 for t in everything[:5]] == [round(k * ideal) for k in range(5)] and round(5 * ideal) >= CC0_SIZE[0]
 
 
 def test_cc0_tile_slide_round_trip_within_a_hundredth_px(cc0_slide_path, masks):
@@ -87,8 +89,9 @@ def test_cc0_tile_slide_round_trip_within_a_hundredth_px(cc0_slide_path, masks):
         pts = rng.uniform(0, tile.tile_px, size=(200, 2))
         level0_pts = tile_to_slide(tile, pts)
         assert np.abs(slide_to_tile(tile, level0_pts) - pts).max() < 0.01
-        # a point at tile px (x, y) lies 0.499 / 0.5 of that many level-0 px... the other way round
-        np.testing.assert_allclose(level0_pts - [tile.x0, tile.y0], pts * 0.5 / CC0_MPP, atol=1e-9)
+        # tile px -> level-0 px: about 0.5 / 0.499 level-0 px per tile px (whole-px tile edges: within 1 / 512)
+        assert np.abs(np.array(tile.scale) - 0.5 / CC0_MPP).max() < 1 / 512
+        np.testing.assert_allclose(level0_pts - [tile.x0, tile.y0], pts * tile.scale, atol=1e-9)
 
 
 def test_cc0_read_tile_is_the_level0_region_where_the_grid_aligns(cc0_slide_path, level0, masks):

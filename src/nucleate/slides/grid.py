@@ -86,8 +86,10 @@ def tissue_fractions(tissue: TissueMask, boxes: np.ndarray) -> np.ndarray:
 
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     h, w = tissue.mask.shape
-    sat = np.zeros((h + 1, w + 1), np.float64)
-    sat[1:, 1:] = tissue.mask.astype(np.float64).cumsum(0).cumsum(1)
+    sat = np.zeros((h + 1, w + 1), np.float64)  # summed-area table, built in place: one mask-sized float array
+    sat[1:, 1:] = tissue.mask
+    np.cumsum(sat, axis=0, out=sat)
+    np.cumsum(sat, axis=1, out=sat)
     sx, sy = tissue.scale
     xa = np.clip(boxes[:, 0] / sx, 0, w)
     xb = np.clip((boxes[:, 0] + boxes[:, 2]) / sx, 0, w)

@@ -68,7 +68,6 @@ from nucleate.io import (
     find_labels,
     probs_array,
     probs_table,
-    read_image,
     read_labels,
     read_table,
     table_metadata,
@@ -76,6 +75,7 @@ from nucleate.io import (
 )
 from nucleate.models import ModelError, network_input, resize_labels, save_model
 from nucleate.pseudomask import PointError, from_points
+from nucleate.slides import SlideError, is_tile_row, read_pool_image
 from nucleate.training import (
     TrainError,
     UnlabeledPool,
@@ -133,19 +133,20 @@ def _file_id(path: Path | None) -> str | None:
 
 def _pool_entries(manifest: pa.Table) -> tuple[dict[str, dict[str, Any]], Path]:
     root = Path(table_metadata(manifest).get("root", "."))
-    entries = {r["image_id"]: r for r in manifest.select(["image_id", "path", "split"]).to_pylist()}
+    entries = {r["image_id"]: r for r in manifest.to_pylist()}  # whole rows: a tile's say where it lies
     return entries, root
 
 
 def _read(root: Path, entry: dict[str, Any]) -> np.ndarray:
     try:
-        return read_image(root / entry["path"])
-    except (ImageError, FileNotFoundError) as exc:
+        return read_pool_image(root, entry)
+    except (ImageError, SlideError, FileNotFoundError) as exc:
         raise TrainStageError(f"image {entry['image_id']} ({entry['path']}): {exc}") from None
 
 
 def _mask(masks: Path, entry: dict[str, Any]) -> np.ndarray | None:
-    path = find_labels(masks, entry["path"])
+    """The ground-truth mask of a plain image under ``masks`` (None without one; tiles have none)."""
+    path = None if is_tile_row(entry) else find_labels(masks, entry["path"])
     if path is None:
         return None
     try:

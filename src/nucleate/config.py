@@ -278,6 +278,7 @@ class SlidesParams:
     min_object_um2: float = _f(5000.0, min=0.0)  # tissue pieces smaller than this (µm²) are dropped
     min_hole_um2: float = _f(5000.0, min=0.0)  # holes in tissue smaller than this (µm²) are filled
     predict_overlap_px: int = _f(64, min=0, max=4096)  # predict: px at target_mpp two neighbouring windows share
+    slide_mpp: float | None = _f(None, gt=0.0, max=100.0)  # level-0 µm/px of slides without it in metadata
 
 
 @dataclass(frozen=True)

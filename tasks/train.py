@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -373,8 +374,9 @@ def _run(model, train_params, donuseg, pseudomask, predict, classes, seed, where
     kd_pool = None
     pool_ids = [i for i, e in entries.items() if e["split"] == "pool" and i in teacher]
     if teacher and pool_ids:
-        kd_pool = UnlabeledPool([root / entries[i]["path"] for i in pool_ids], np.stack([teacher[i] for i in pool_ids]),
-                                scale=scale, patch_px=train_params.patch_px)
+        kd_pool = UnlabeledPool([entries[i] for i in pool_ids], np.stack([teacher[i] for i in pool_ids]),
+                                scale=scale, patch_px=train_params.patch_px,
+                                reader=functools.partial(read_pool_image, root))  # manifest rows: tiles too
     data_ids = {
         "manifest": content_id(manifest_path),
         "points": points_id,

@@ -16,7 +16,7 @@ import yaml
 from slides_data import MPP, PARAMS, pattern, write_slide
 from typer.testing import CliRunner
 
-from nucleate.config import PseudomaskParams, params_from_dict
+from nucleate.config import Params, PseudomaskParams, params_from_dict
 from nucleate.io import (
     TILE_FIELDS,
     content_id,
@@ -25,12 +25,13 @@ from nucleate.io import (
     read_labels,
     read_table,
     write_image,
+    write_labels,
     write_table,
 )
 from nucleate.pseudomask import from_points
 from nucleate.slides import Tile, open_slide, read_pool_image, read_tile, tile_grid, tissue_mask
 from nucleate.teacher.random_clip import save_random_clip
-from tasks import ingest, pseudomasks, teacher
+from tasks import ingest, pseudomasks, teacher, train
 
 RNG = np.random.default_rng(13)
 N_TILES = 11  # tissue tiles of the generated slide at PARAMS (tests/core/test_slides.py)
@@ -165,7 +166,7 @@ def test_cli_tiles_with_the_slides_params(folder, tmp_path):
     assert widths.count(128) == N_TILES
 
 
-def _points(table: pa.Table, per_image: dict[str, np.ndarray]) -> pa.Table:
+def _points(per_image: dict[str, np.ndarray]) -> pa.Table:
     ids = [i for i, xy in per_image.items() for _ in xy]
     xy = np.concatenate(list(per_image.values()))
     n = len(ids)
@@ -174,32 +175,39 @@ def _points(table: pa.Table, per_image: dict[str, np.ndarray]) -> pa.Table:
                      "origin": ["manual"] * n, "created_at": [datetime(2026, 1, 1, tzinfo=UTC)] * n})
 
 
-def test_teacher_and_pseudomasks_read_tiles_from_their_slide(tmp_path, slides):
-    """A slide under gold/ (its tiles have no gold masks: not a crash, not scored) and its tiles' pixels saved as
-    PNGs in the pool: the teacher scores each tile as its PNG, pseudomasks make the same masks."""
+@pytest.mark.usefixtures("one_torch_thread")
+def test_teacher_pseudomasks_and_train_read_tiles_from_their_slide(tmp_path, slides, line_log):
+    """A slide in the pool and its tiles' pixels saved as PNGs: the teacher scores each tile as its PNG,
+    pseudomasks make the same masks, train trains on tiles. Another slide under gold/, with a mask file that
+    mirrors its path: tiles have no gold masks (not scored, not a crash)."""
     root = tmp_path / "images"
-    (root / "gold").mkdir(parents=True)
-    shutil.copyfile(slides["known"], root / "gold" / "s1.tif")
+    (root / "pool").mkdir(parents=True)
+    shutil.copyfile(slides["known"], root / "pool" / "s1.tif")
+    (root / "gold").mkdir()
+    write_slide(root / "gold" / "g.tif", pattern()[::-1].copy(), MPP)
+    masks = tmp_path / "masks"
+    write_labels(masks / "gold" / "g.tif", np.ones((40, 40), np.int32))  # not the mask of any tile
     picked = [0, 1, 3]  # tiles of different pixels (the pattern repeats every 512 level-0 px)
-    expected = [_expected_tiles(root / "gold" / "s1.tif")[k] for k in picked]
-    with open_slide(root / "gold" / "s1.tif") as slide:
+    expected = [_expected_tiles(root / "pool" / "s1.tif")[k] for k in picked]
+    with open_slide(root / "pool" / "s1.tif") as slide:
         for k, tile in enumerate(expected):
-            write_image(root / "pool" / f"tile{k}.png", read_tile(slide, tile))
+            write_image(root / "pool" / "png" / f"tile{k}.png", read_tile(slide, tile))
     manifest = tmp_path / "manifest.parquet"
     ingest.run(PARAMS, folder=root, manifest=manifest)
     rows = read_table("manifest", manifest).to_pylist()
-    tiles = [[r for r in rows if r["slide_id"] is not None][k] for k in picked]
+    tiles = [[r for r in rows if r["path"] == "pool/s1.tif"][k] for k in picked]
+    gold_tile = next(r for r in rows if r["path"] == "gold/g.tif")
     pngs = {r["path"]: r["image_id"] for r in rows if r["slide_id"] is None}
-    pairs = [(t["image_id"], pngs[f"pool/tile{k}.png"]) for k, t in enumerate(tiles)]
-    assert [t["split"] for t in tiles] == ["gold"] * 3
+    pairs = [(t["image_id"], pngs[f"pool/png/tile{k}.png"]) for k, t in enumerate(tiles)]
+    assert gold_tile["split"] == "gold" and len(rows) == 2 * N_TILES + 3
 
     clip = save_random_clip(tmp_path / "clip", "tiny")
     params = params_from_dict({"teacher": {"backend": "clip", "model": str(clip), "device": "cpu", "tile": 64,
                                            "max_tiles": 4}}).teacher
-    out = tmp_path / "teacher_probs.parquet"
-    report = teacher.run(params, manifest=manifest, out=out, cache=None)
-    assert report.failed == [] and report.scored == N_TILES + 3
-    table = read_table("teacher_probs", out)
+    probs_path = tmp_path / "teacher_probs.parquet"
+    report = teacher.run(params, manifest=manifest, out=probs_path, cache=None)
+    assert report.failed == [] and report.scored == len(rows)
+    table = read_table("teacher_probs", probs_path)
     probs = dict(zip(table.column("image_id").to_pylist(), probs_array(table), strict=True))
     for tile_id, png_id in pairs:
         np.testing.assert_allclose(probs[tile_id], probs[png_id], atol=1e-6)
@@ -213,17 +221,26 @@ def test_teacher_and_pseudomasks_read_tiles_from_their_slide(tmp_path, slides):
 
     xy = np.array([[20.5, 30.5], [64.0, 64.0], [100.5, 90.5]])
     points = tmp_path / "points.parquet"
-    write_table("points", _points(read_table("manifest", manifest), {i: xy for pair in pairs[:2] for i in pair}),
-                points)
+    clicked = [i for pair in pairs[:2] for i in pair] + [gold_tile["image_id"]]
+    write_table("points", _points({i: xy for i in clicked}), points)
     p = PseudomaskParams(nucleus_radius_px=6.0, sample_pixels=2000)
-    gold_masks = tmp_path / "masks"
-    gold_masks.mkdir()
-    report = pseudomasks.run(p, 0, points=points, manifest=manifest, out=tmp_path / "pm", gold_masks=gold_masks)
-    assert (report.images, report.failed, report.gold) == (4, [], {})
+    report = pseudomasks.run(p, 0, points=points, manifest=manifest, out=tmp_path / "pm", gold_masks=masks)
+    assert (report.images, report.failed, report.gold) == (5, [], {})
     assert report.qc.startswith("skipped")
     for k, (tile_id, png_id) in enumerate(pairs[:2]):
         got = read_labels(tmp_path / "pm" / "instances" / f"{tile_id}.tif")
         assert got.shape == (128, 128) and got.max() >= 3
         np.testing.assert_array_equal(got, read_labels(tmp_path / "pm" / "instances" / f"{png_id}.tif"))
-        direct = from_points(read_image(root / "pool" / f"tile{k}.png"), xy, params=p, seed=0)
+        direct = from_points(read_image(root / "pool" / "png" / f"tile{k}.png"), xy, params=p, seed=0)
         np.testing.assert_array_equal(got, direct.instances)
+
+    cfg = Params()
+    result = train.run(
+        dataclasses.replace(cfg.model, width=8, nucleus_radius_px=4.0),
+        dataclasses.replace(cfg.train, epochs=1, steps_per_epoch=2, batch_size=2, patch_px=32, val_every=1,
+                            kd_unlabeled=1),
+        cfg.donuseg, p, cfg.predict, params.classes, 0, manifest=manifest, out=tmp_path / "model", points=points,
+        pseudomasks=tmp_path / "pm", masks=masks, teacher_probs=probs_path,
+        student_probs=tmp_path / "student_probs.parquet", log=line_log)
+    assert result.images == 4 and result.gold_dice is None  # 2 tiles + 2 PNGs; the gold tile has no mask
+    assert read_table("student_probs", tmp_path / "student_probs.parquet").num_rows == N_TILES + 3

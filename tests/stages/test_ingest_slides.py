@@ -122,6 +122,11 @@ def test_reingest_does_not_retile_and_old_manifests_gain_null_tile_columns(folde
                                      "new name"}
     assert read_table("manifest", manifest).equals(first)
 
+    (folder / "copy.tif").unlink()
+    slide_file.unlink()  # gone: reported once (not once per tile), its rows kept
+    gone = ingest.run(PARAMS, folder=folder, manifest=manifest)
+    assert gone.missing == ["wsi/s1.tif"] and read_table("manifest", manifest).equals(first)
+
 
 def test_bad_slides_are_one_line_each_and_strict_fails(tmp_path, slides, line_log):
     root = tmp_path / "images"

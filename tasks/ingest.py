@@ -100,18 +100,18 @@ def _split_for(rel: str, split: str) -> str:
 def _inspect(path: Path, known: frozenset[str] | dict[str, str] = frozenset()) -> tuple[str, dict | str | None]:
     """(image_id, row fields) for a readable image, (image_id or "", reason) for a bad one,
     (image_id, None) without decoding when ``image_id`` is in ``known`` (already in the manifest) and
-    ("", _SLIDE) for a whole-slide image (not hashed here: the main thread does, one slide at a time)."""
+    (content id, _SLIDE) for a whole-slide image (tiled by the main thread, one slide at a time)."""
     try:
         size = path.stat().st_size
         if size == 0:
             return "", "empty file (0 bytes)"
-        if is_slide_file(path):
-            return "", _SLIDE
         image_id = content_id(path)
     except OSError as exc:
         return "", f"cannot read ({exc.strerror})"
     if image_id in known:
         return image_id, None
+    if is_slide_file(path):
+        return image_id, _SLIDE
     try:
         array = read_image(path)
     except ImageError as exc:
@@ -212,8 +212,8 @@ def run(
                 seen.add(rel)
                 reason = None
                 if result is _SLIDE:
-                    _ingest_slide(path, rel, _split_for(rel, split), slides, rows, by_path, slide_paths, report,
-                                  log)
+                    _ingest_slide(path, rel, image_id, _split_for(rel, split), slides, rows, by_path, slide_paths,
+                                  report, log)
                     continue
                 if isinstance(result, str):
                     reason = result
@@ -260,26 +260,22 @@ def run(
     return report
 
 
-def _ingest_slide(path: Path, rel: str, split: str, params: SlidesParams, rows: dict[str, list],
+def _ingest_slide(path: Path, rel: str, slide_id: str, split: str, params: SlidesParams, rows: dict[str, list],
                   by_path: dict[str, str], slide_paths: dict[str, str], report: IngestReport,
                   log: logging.Logger) -> None:
-    """Append the tile rows of the slide at ``path`` (``rel`` under the folder) unless it is in the manifest
-    already; a slide that cannot be used goes to ``report.skipped`` (one line)."""
+    """Append the tile rows of the slide at ``path`` (``rel`` under the folder, content id ``slide_id``) unless it
+    is in the manifest already; a slide that cannot be used goes to ``report.skipped`` (one line)."""
     tiles: list[Tile] = []
     reason = None
-    try:
-        slide_id = content_id(path)
-    except OSError as exc:
-        slide_id, reason = "", f"cannot read ({exc.strerror})"
-    if reason is None and slide_id in slide_paths:
+    if slide_id in slide_paths:
         if slide_paths[slide_id] == rel:
             report.slides_unchanged += 1
             return
         reason = f"duplicate of {slide_paths[slide_id]} (same content)"
-    elif reason is None and rel in by_path:
+    elif rel in by_path:
         reason = (f"content changed since it was ingested as {by_path[rel]}; restore it, "
                   "or save the new version under a new name")
-    elif reason is None:
+    else:
         try:
             tiles = _tiles(path, slide_id, params)
         except SlideError as exc:

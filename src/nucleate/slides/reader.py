@@ -234,6 +234,8 @@ def is_slide_file(path: str | Path) -> bool:
 
     try:
         with tifffile.TiffFile(path) as tif:
+            if len(tif.pages) == 1 and not tif.pages[0].subifds:  # one plain page (the common image): no series scan
+                return False
             series = tif.series
             return bool(series) and len(series[0].levels) > 1
     except Exception:  # noqa: BLE001 - not a readable TIFF: not a slide

@@ -146,8 +146,8 @@ def _chunk_runner(mapper: Mapper, spec: ChunkSpec, rows: dict[str, dict]) -> Chu
         for outcome in mapper.map(functools.partial(score_chunk_task, spec), items):
             if outcome.error is not None:
                 raise outcome.error
-            rows, failed = outcome.value
-            yield chunks[outcome.index], rows, failed
+            scored, failed = outcome.value
+            yield chunks[outcome.index], scored, failed
 
     return run_chunks
 

@@ -32,6 +32,7 @@ from nucleate.pseudomask import from_points
 from nucleate.slides import Tile, open_slide, read_pool_image, read_tile, tile_grid, tissue_mask
 from nucleate.teacher.random_clip import save_random_clip
 from tasks import ingest, pseudomasks, teacher, train
+from tasks._map import SequentialMapper
 
 RNG = np.random.default_rng(13)
 N_TILES = 11  # tissue tiles of the generated slide at PARAMS (tests/core/test_slides.py)
@@ -216,13 +217,9 @@ def test_teacher_pseudomasks_and_train_read_tiles_from_their_slide(tmp_path, sli
     probs = dict(zip(table.column("image_id").to_pylist(), probs_array(table), strict=True))
     for tile_id, png_id in pairs:
         np.testing.assert_allclose(probs[tile_id], probs[png_id], atol=1e-6)
-    # a Dask worker's chunk: manifest rows, not paths
-    backend, options = teacher.teacher_options(params)
-    spec = teacher.ChunkSpec(backend, options, str(root))
-    chunk, failed = teacher.score_chunk_task(spec, [(t["image_id"], t) for t in tiles])
-    assert failed == []
-    for t in tiles:
-        np.testing.assert_allclose(chunk[t["image_id"]], probs[t["image_id"]], atol=1e-6)
+    # chunks as a Dask cluster scores them (score_chunk_task gets manifest rows, not paths), here in this process
+    teacher.run(params, manifest=manifest, out=tmp_path / "chunked.parquet", cache=None, mapper=SequentialMapper())
+    assert read_table("teacher_probs", tmp_path / "chunked.parquet").equals(table)
 
     xy = np.array([[20.5, 30.5], [64.0, 64.0], [100.5, 90.5]])
     points = tmp_path / "points.parquet"

@@ -31,8 +31,8 @@ from flows.s3 import S3Location, s3_location, upload_files
 from nucleate.annotations.display import display_uint8
 from nucleate.annotations.labelstudio import keypoint_results, prediction_points
 from nucleate.config import Params
-from nucleate.io import SCHEMAS, TILE_FIELDS, atomic_path, empty_table, read_table, table_metadata, write_table
-from nucleate.slides import pool_tile, read_pool_image
+from nucleate.io import SCHEMAS, atomic_path, empty_table, read_table, table_metadata, write_table
+from nucleate.slides import PoolRows, pool_tile, read_pool_image
 
 __all__ = [
     "ImageRecord",
@@ -139,10 +139,7 @@ def render_images(
     naming an image id missing from the manifest and ``FileNotFoundError`` naming a missing image file.
     """
     root = Path(root if root is not None else table_metadata(manifest).get("root", "."))
-    columns = ["image_id", "path", "width", "height"]
-    if "slide_id" in manifest.column_names:
-        columns += TILE_FIELDS.names
-    rows = {r["image_id"]: r for r in manifest.select(columns).to_pylist()}
+    rows = PoolRows(manifest, ["height"])
     out_dir = Path(files_root) / subdir
     out_dir.mkdir(parents=True, exist_ok=True)
     records = {}

@@ -67,7 +67,7 @@ from nucleate.io import (
 )
 from nucleate.metrics import dice, segmentation_scores
 from nucleate.pseudomask import IGNORE, NUCLEUS, PointError, PseudoMask, from_points
-from nucleate.slides import SlideError, is_tile_row, read_pool_image
+from nucleate.slides import PoolRows, SlideError, is_tile_row, read_pool_image
 from tasks._map import SEQUENTIAL, Mapper, open_mapper, per_image_failure
 from tasks._stage import Report, StageError, load_params_or_exit, logger, run_alone, stage_errors
 
@@ -150,7 +150,7 @@ def run(
                            "instance masks mirroring the image folder (the sample's come from `nucleate sample-data`)")
     table = read_table("manifest", manifest_path)
     root = Path(images) if images is not None else Path(table_metadata(table).get("root", "."))
-    entries = {row["image_id"]: row for row in table.to_pylist()}
+    entries = PoolRows(table, ["split"])  # image_id -> manifest row (tile columns too), built when asked for
     pts = read_table("points", points_path)
     xy = points_xy(pts)
     rows_of = rows_by_image(pts)  # rows of one image keep their table order: instance i = the i-th point

@@ -26,6 +26,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ import typer
 from nucleate.config import TeacherParams
 from nucleate.io import read_table, table_metadata, write_table
 from nucleate.io.layout import LAYOUT
-from nucleate.slides import read_pool_image
+from nucleate.slides import PoolRows, read_pool_image
 from nucleate.teacher import ProbsCache, load_teacher, score_images
 from nucleate.teacher.base import Teacher
 from nucleate.teacher.score import ChunkRunner, score_chunk
@@ -138,11 +139,11 @@ def score_chunk_task(spec: ChunkSpec, chunk: list[tuple[str, dict]]) -> tuple[di
     return score_chunk(model, [i for i, _ in chunk], lambda image_id: read_pool_image(spec.root, rows[image_id]))
 
 
-def _chunk_runner(mapper: Mapper, spec: ChunkSpec, rows: dict[str, dict]) -> ChunkRunner:
+def _chunk_runner(mapper: Mapper, spec: ChunkSpec, rows: Mapping[str, dict]) -> ChunkRunner:
     """Chunks scored by ``mapper`` (one task per chunk); an error that is not about one image is raised."""
 
     def run_chunks(chunks: list[list[str]]):
-        items = [(part[0], [(i, rows[i]) for i in part]) for part in chunks]
+        items = ((part[0], [(i, rows[i]) for i in part]) for part in chunks)  # rows built as chunks are sent
         for outcome in mapper.map(functools.partial(score_chunk_task, spec), items):
             if outcome.error is not None:
                 raise outcome.error
@@ -177,18 +178,17 @@ def run(
     manifest, out = LAYOUT.require("manifest", manifest), Path(out)
     table = read_table("manifest", manifest)
     root = Path(images) if images is not None else Path(table_metadata(table).get("root", manifest.parent))
-    rows = {row["image_id"]: row for row in table.to_pylist()}
-    paths = {image_id: row["path"] for image_id, row in rows.items()}
-    if not paths:
+    rows = PoolRows(table)  # image_id -> manifest row, built when a chunk needs it
+    if not rows:
         raise StageError(f"{manifest}: the manifest has no images; run `nucleate ingest FOLDER` first")
 
     with open_mapper(mapper) as where:  # a cluster that cannot be reached fails here, before anything is written
         result, model = _score(teacher, where, rows, root, cache, workers, log)
-    failed = [(image_id, paths[image_id], reason) for image_id, reason in result.failed]
+    failed = [(image_id, rows[image_id]["path"], reason) for image_id, reason in result.failed]
     for image_id, rel, reason in failed:
         log.warning("failed %s (%s): %s", rel, image_id, reason)
     if not result.image_ids:
-        raise StageError(f"none of the {len(paths)} images could be scored (see the lines above); {out} not written")
+        raise StageError(f"none of the {len(rows)} images could be scored (see the lines above); {out} not written")
     if strict and failed:
         raise StageError(f"--strict: {len(failed)} image(s) could not be scored; {out} not written")
     write_table("teacher_probs", result.table(), out, metadata={
@@ -201,7 +201,7 @@ def run(
                          failed, time.perf_counter() - started)
 
 
-def _score(teacher: TeacherParams, where: Mapper, rows: dict[str, dict], root: Path, cache: str | Path | None,
+def _score(teacher: TeacherParams, where: Mapper, rows: Mapping[str, dict], root: Path, cache: str | Path | None,
            workers: int, log: logging.Logger):
     """(score result, teacher) of every image in ``rows`` (image_id -> manifest row; paths under ``root``)."""
     backend, options = teacher_options(teacher)

@@ -41,7 +41,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -76,7 +76,7 @@ from nucleate.io import (
 )
 from nucleate.models import ModelError, network_input, resize_labels, save_model
 from nucleate.pseudomask import PointError, from_points
-from nucleate.slides import SlideError, is_tile_row, read_pool_image
+from nucleate.slides import PoolRows, SlideError, is_tile_row, read_pool_image
 from nucleate.training import (
     TrainError,
     UnlabeledPool,
@@ -132,10 +132,9 @@ def _file_id(path: Path | None) -> str | None:
     return content_id(path) if path is not None and path.is_file() else None
 
 
-def _pool_entries(manifest: pa.Table) -> tuple[dict[str, dict[str, Any]], Path]:
+def _pool_entries(manifest: pa.Table) -> tuple[Mapping[str, dict[str, Any]], Path]:
     root = Path(table_metadata(manifest).get("root", "."))
-    entries = {r["image_id"]: r for r in manifest.to_pylist()}  # whole rows: a tile's say where it lies
-    return entries, root
+    return PoolRows(manifest, ["split"]), root  # rows built when asked for; a tile's say where it lies
 
 
 def _read(root: Path, entry: dict[str, Any]) -> np.ndarray:
@@ -170,7 +169,7 @@ def _stored_pseudomasks(folder: Path | None, points_id: str, log: logging.Logger
 
 
 def _training_images(model: ModelParams, train_p: TrainParams, pseudomask: PseudomaskParams, seed: int, *,
-                     entries: dict[str, dict[str, Any]], root: Path, points_path: Path | None,
+                     entries: Mapping[str, dict[str, Any]], root: Path, points_path: Path | None,
                      points: pa.Table | None, points_id: str | None,
                      pseudomasks: Path | None, masks: Path | None, teacher: dict[str, np.ndarray],
                      log: logging.Logger) -> list:
@@ -232,7 +231,7 @@ def _training_images(model: ModelParams, train_p: TrainParams, pseudomask: Pseud
     return images
 
 
-def _gold(entries: dict[str, dict[str, Any]], root: Path, masks: Path | None, scale: float
+def _gold(entries: Mapping[str, dict[str, Any]], root: Path, masks: Path | None, scale: float
           ) -> list[tuple[np.ndarray, np.ndarray]]:
     if masks is None:
         return []

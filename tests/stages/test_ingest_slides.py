@@ -29,7 +29,7 @@ from nucleate.io import (
     write_table,
 )
 from nucleate.pseudomask import from_points
-from nucleate.slides import Tile, open_slide, read_pool_image, read_tile, tile_grid, tissue_mask
+from nucleate.slides import PoolRows, Tile, open_slide, read_pool_image, read_tile, tile_grid, tissue_mask
 from nucleate.teacher.random_clip import save_random_clip
 from tasks import ingest, pseudomasks, teacher, train
 from tasks._map import SequentialMapper
@@ -84,9 +84,13 @@ def test_ingest_makes_one_row_per_tissue_tile_and_reads_them_back(folder, tmp_pa
             "wsi/s1.tif", 128, 128, 3, "uint8", "pool")
         assert row["bytes"] == slide_file.stat().st_size
         assert Tile.from_manifest(row) == tile
+    pool = PoolRows(table, ["split"])  # what the stages hand read_pool_image
+    assert list(pool) == [r["image_id"] for r in rows] and "nope" not in pool
+    assert all(pool[r["image_id"]] == {k: r[k] for k in ("image_id", "path", "width", "split", *TILE_FIELDS.names)}
+               for r in rows)
     with open_slide(slide_file) as slide:
         for row, tile in zip(tiles, expected, strict=True):
-            np.testing.assert_array_equal(read_pool_image(folder, row), read_tile(slide, tile))
+            np.testing.assert_array_equal(read_pool_image(folder, pool[row["image_id"]]), read_tile(slide, tile))
     assert (report.added, report.slides, report.tiles, report.skipped) == (2, 1, N_TILES, [])
     assert line_log.lines[-1] == (f"ingest: 2 added, 0 unchanged, 0 skipped, 0 missing; slides: 1 tiled "
                                   f"({N_TILES} tiles), 0 unchanged, 0 without tissue -> {manifest}")
@@ -100,6 +104,8 @@ def test_reingest_does_not_retile_and_old_manifests_gain_null_tile_columns(folde
     ingest.run(PARAMS, folder=folder, manifest=manifest)
     before = read_table("manifest", manifest)
     assert "slide_id" not in before.column_names  # no slide, no tile columns: old manifests stay as they were
+    plain = before.to_pylist()[0]
+    assert PoolRows(before)[plain["image_id"]] == {k: plain[k] for k in ("image_id", "path", "width")}
 
     shutil.move(moved, slide_file)
     report = ingest.run(PARAMS, folder=folder, manifest=manifest)

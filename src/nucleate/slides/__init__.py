@@ -16,13 +16,14 @@ the top-left *corner* of the top-left pixel; "level-0 px" are pixels of the slid
 
 from nucleate.slides.coords import slide_points, slide_to_tile, tile_to_slide
 from nucleate.slides.grid import Tile, core_box, tile_grid
-from nucleate.slides.pool import is_tile_row, pool_tile, read_pool_image
+from nucleate.slides.pool import PoolRows, is_tile_row, pool_tile, read_pool_image
 from nucleate.slides.read import read_tile, read_window
 from nucleate.slides.reader import SLIDE_SUFFIXES, Slide, SlideError, is_slide_file, open_slide
 from nucleate.slides.stitch import TileNuclei, instance_outlines, stitch_tile
 from nucleate.slides.tissue import TissueMask, tissue_mask
 
 __all__ = [
+    "PoolRows",
     "SLIDE_SUFFIXES",
     "Slide",
     "SlideError",

@@ -36,6 +36,7 @@ import typer
 from nucleate.config import SlidesParams
 from nucleate.io import (
     IMAGE_SUFFIXES,
+    SCHEMAS,
     SPLITS,
     TILE_FIELDS,
     ImageError,
@@ -178,10 +179,11 @@ def run(
                                 f"(or run `nucleate sample-data` for the sample images)")
     report = IngestReport(manifest)
 
-    rows: dict[str, list] = {name: [] for name in _COLUMNS + tuple(TILE_FIELDS.names)}
+    rows: dict[str, list] = {name: [] for name in _COLUMNS + tuple(TILE_FIELDS.names)}  # new rows only
     by_id: dict[str, str] = {}  # plain image: content id -> path
     by_path: dict[str, str] = {}  # path -> content id (of the image, or of the slide)
     slide_paths: dict[str, str] = {}  # slide content id -> path
+    old: pa.Table | None = None  # the existing rows stay an Arrow table (a million tiles are not Python objects)
     if manifest.exists():
         old = read_table("manifest", manifest)
         old_root = table_metadata(old).get("root")
@@ -190,12 +192,10 @@ def run(
                 f"{manifest}: built from folder '{old_root}', not '{root}'; ingest '{old_root}' "
                 "again or write a new manifest with --manifest"
             )
-        for name in rows:
-            if name in old.column_names:
-                rows[name].extend(old.column(name).to_pylist())
-            else:  # a manifest without slides: no tile columns
-                rows[name].extend([None] * old.num_rows)
-        for image_id, rel, slide_id in zip(rows["image_id"], rows["path"], rows["slide_id"], strict=True):
+        old_slide_ids = (old.column("slide_id").to_pylist() if "slide_id" in old.column_names
+                         else [None] * old.num_rows)
+        for image_id, rel, slide_id in zip(old.column("image_id").to_pylist(), old.column("path").to_pylist(),
+                                           old_slide_ids, strict=True):
             if slide_id is None:
                 by_id[image_id] = rel
             else:
@@ -241,7 +241,7 @@ def run(
             if len(seen) % (_BATCH * 40) == 0:
                 log.info(f"ingest: {len(seen)} files scanned")
 
-    for rel in dict.fromkeys(rows["path"]):  # a slide's path once, not once per tile
+    for rel in by_path:  # each path once (a slide's, not once per tile); new rows' paths are all seen
         if rel not in seen:
             report.missing.append(rel)
             log.warning(f"missing {rel}: listed in {manifest.name} but not found under {root}; row kept")
@@ -251,13 +251,23 @@ def run(
             f"--strict: {len(report.skipped)} file(s) skipped, {len(report.missing)} missing; "
             f"{manifest} not written (see the lines above)"
         )
-    columns = {name: rows[name] for name in _COLUMNS}
-    if any(slide_id is not None for slide_id in rows["slide_id"]):
-        columns.update({f.name: pa.array(rows[f.name], f.type) for f in TILE_FIELDS})
-    write_table("manifest", pa.table(columns), manifest, metadata={"root": str(root)})
+    write_table("manifest", _table(old, rows, any_slide=bool(slide_paths)), manifest, metadata={"root": str(root)})
     for line in report.lines():
         log.info(line)
     return report
+
+
+def _table(old: pa.Table | None, rows: dict[str, list], any_slide: bool) -> pa.Table:
+    """The manifest: the ``old`` rows, then the new ``rows``; the tile columns (nulls on plain images) iff
+    ``any_slide``, so a manifest without slides keeps exactly its columns."""
+    fields = list(SCHEMAS["manifest"]) + (list(TILE_FIELDS) if any_slide else [])
+    schema = pa.schema(fields)
+    new = pa.Table.from_arrays([pa.array(rows[f.name], f.type) for f in fields], schema=schema)
+    if old is None:
+        return new
+    columns = [old.column(f.name).cast(f.type) if f.name in old.column_names else pa.nulls(old.num_rows, f.type)
+               for f in fields]
+    return pa.concat_tables([pa.Table.from_arrays(columns, schema=schema), new])
 
 
 def _ingest_slide(path: Path, rel: str, slide_id: str, split: str, params: SlidesParams, rows: dict[str, list],

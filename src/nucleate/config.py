@@ -268,7 +268,7 @@ class SlidesParams:
     """Whole-slide images: tissue detection once per slide, then a tile grid (:mod:`nucleate.slides`)."""
 
     target_mpp: float = _f(0.5, gt=0.0, max=100.0)  # tile resolution, µm per pixel (0.5 = 20x)
-    tile_px: int = _f(512, min=16, max=8192)  # tile side, pixels at target_mpp
+    tile_px: int = _f(448, min=16, max=8192)  # tile side, pixels at target_mpp (+ overlap = predict window: one pass)
     tissue_threshold: float = _f(0.25, min=0.0, max=1.0)  # keep tiles whose tissue fraction is at least this
     thumbnail_mpp: float = _f(4.0, gt=0.0, max=1000.0)  # tissue mask resolution, µm per pixel
     tissue_channel: str = _f("saturation", choices=("saturation", "optical_density"))  # thresholded by Otsu

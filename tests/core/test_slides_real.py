@@ -72,12 +72,12 @@ def test_cc0_tiles_at_defaults(cc0_slide_path, masks, channel):
     with open_slide(cc0_slide_path) as s:
         tiles = tile_grid(s, masks[channel], params)
         everything = tile_grid(s, masks[channel], dataclasses.replace(params, tissue_threshold=0.0))
-    assert len(everything) == 5 * 6  # 513.03 level-0 px per 512-px tile at 0.5 µm/px
-    assert len(tiles) == 14 and all(t.tissue_fraction >= params.tissue_threshold for t in tiles)
+    assert len(everything) == 5 * 7  # 448.90 level-0 px per 448-px tile at 0.5 µm/px
+    assert len(tiles) == 16 and all(t.tissue_fraction >= params.tissue_threshold for t in tiles)
     dropped = [t for t in everything if t.tissue_fraction < params.tissue_threshold]
-    assert len(dropped) == 16 and all(t.level == 0 and t.tile_px == 512 for t in tiles)
-    ideal = 512 * 0.5 / CC0_MPP  # 513.03 level-0 px; tiles have whole-px edges, laid edge to edge
-    assert {(t.width0, t.height0) for t in everything} == {(513.0, 513.0)}
+    assert len(dropped) == 19 and all(t.level == 0 and t.tile_px == 448 for t in tiles)
+    ideal = 448 * 0.5 / CC0_MPP  # 448.90 level-0 px; tiles have whole-px edges, laid edge to edge
+    assert {t.width0 for t in everything} == {448.0, 449.0} == {t.height0 for t in everything}
     assert [t.x0 for t in everything[:5]] == [round(k * ideal) for k in range(5)] and round(5 * ideal) >= CC0_SIZE[0]
 
 
@@ -89,8 +89,8 @@ def test_cc0_tile_slide_round_trip_within_a_hundredth_px(cc0_slide_path, masks):
         pts = rng.uniform(0, tile.tile_px, size=(200, 2))
         level0_pts = tile_to_slide(tile, pts)
         assert np.abs(slide_to_tile(tile, level0_pts) - pts).max() < 0.01
-        # tile px -> level-0 px: about 0.5 / 0.499 level-0 px per tile px (whole-px tile edges: within 1 / 512)
-        assert np.abs(np.array(tile.scale) - 0.5 / CC0_MPP).max() < 1 / 512
+        # tile px -> level-0 px: about 0.5 / 0.499 level-0 px per tile px (whole-px tile edges: within 1 / tile_px)
+        assert np.abs(np.array(tile.scale) - 0.5 / CC0_MPP).max() < 1 / tile.tile_px
         np.testing.assert_allclose(level0_pts - [tile.x0, tile.y0], pts * tile.scale, atol=1e-9)
 
 

@@ -126,26 +126,9 @@ def _inspect(path: Path, known: frozenset[str] | dict[str, str] = frozenset()) -
     }
 
 
-def _open(path: Path, slide_id: str, params: SlidesParams):
-    """The open slide; its level-0 resolution from its metadata, else ``params.slide_mpp``; :class:`SlideError`
-    (one line) when it cannot be read or has no resolution at all."""
-    try:
-        return open_slide(path, slide_id=slide_id)
-    except SlideError as first:
-        try:  # is the resolution all it lacks? (any other problem fails again)
-            slide = open_slide(path, mpp=params.slide_mpp or 1.0, slide_id=slide_id)
-        except SlideError:
-            raise first from None
-    if params.slide_mpp is None:
-        slide.close()
-        raise SlideError(f"{path}: the slide has no resolution metadata (µm per pixel); set slides.slide_mpp in "
-                         "params.yaml to its level-0 resolution (e.g. 0.25 for 40x, 0.5 for 20x)")
-    return slide
-
-
 def _tiles(path: Path, slide_id: str, params: SlidesParams) -> list[Tile]:
     """The slide's tiles with tissue: its tissue mask (one low-resolution read), then the tile grid."""
-    with _open(path, slide_id, params) as slide:
+    with open_slide(path, slide_id=slide_id, default_mpp=params.slide_mpp) as slide:
         return tile_grid(slide, tissue_mask(slide, params), params)
 
 

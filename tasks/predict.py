@@ -394,7 +394,7 @@ def predict_tile(spec: PredictSpec, job: SlideJob, tile: Tile) -> dict:
     ``scores`` (K,) and ``outlines`` (K closed rings, level-0 px). Top-level and picklable, like
     :func:`predict_image`. Raises :class:`nucleate.slides.SlideError` for a slide that cannot be read."""
     loaded = _cached_model(spec.model, spec.predict.device)
-    window = read_window(cached_slide(job.slide, tile.slide_id), tile, job.margin_px)
+    window = read_window(cached_slide(job.slide, tile), tile, job.margin_px)
     try:
         seg = segment_image(loaded, window, spec.predict, nucleus_radius_px=spec.radius)
     except ValueError as exc:  # a radius that cannot be estimated: name the slide and tile
@@ -413,7 +413,7 @@ def _predict_slide(where: Mapper, spec: PredictSpec, params: SlidesParams, path:
 
     started = time.perf_counter()
     slide_id = content_id(path)
-    with open_slide(path, slide_id=slide_id) as slide:
+    with open_slide(path, slide_id=slide_id, default_mpp=params.slide_mpp) as slide:
         tissue = tissue_mask(slide, params)
         tiles = tile_grid(slide, tissue, params)
         width0, height0 = slide.dimensions

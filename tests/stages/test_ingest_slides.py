@@ -160,6 +160,8 @@ def test_bad_slides_are_one_line_each_and_strict_fails(tmp_path, slides, line_lo
     # the resolution from params, used only where the file has none
     fixed = ingest.run(dataclasses.replace(PARAMS, slide_mpp=MPP), folder=root, manifest=manifest)
     assert (fixed.slides, fixed.tiles) == (1, N_TILES) and "nompp.tif" not in dict(fixed.skipped)
+    rows = [r for r in read_table("manifest", manifest).to_pylist() if r["path"] == "nompp.tif"]
+    assert len(rows) == N_TILES and read_pool_image(root, rows[0]).shape == (rows[0]["width"], rows[0]["width"], 3)
     with pytest.raises(ingest.IngestError, match=r"--strict: 4 file\(s\) skipped"):
         ingest.run(PARAMS, folder=root, manifest=tmp_path / "strict.parquet", strict=True)
     assert not (tmp_path / "strict.parquet").exists()

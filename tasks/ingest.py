@@ -4,10 +4,22 @@ Each readable PNG/TIFF/JPEG becomes one manifest row keyed by its content hash. 
 truncated, unsupported and duplicate files are reported one line each (``skipped <path>: <reason>``)
 and left out; with ``strict`` any such file fails the stage and nothing is written.
 
+Whole-slide images in the same scan (:data:`nucleate.slides.SLIDE_SUFFIXES`, and pyramidal ``.tif`` /
+``.tiff``: :func:`nucleate.slides.is_slide_file`) become one row per tile: the slide's tissue mask is
+computed once, then :func:`nucleate.slides.tile_grid` with the ``slides`` params keeps the tiles with tissue.
+A tile row's ``path`` is the slide file, ``width = height = slides.tile_px``, ``channels`` 3, ``dtype`` uint8,
+``bytes`` the slide file's size, ``image_id`` :attr:`nucleate.slides.Tile.image_id` and the
+:data:`nucleate.io.TILE_FIELDS` columns (``slide_id`` = the slide file's content id); those columns are null
+on plain-image rows, and absent from a manifest without slides. Slides are opened one at a time and tiles
+are never written out (stages read them with :func:`nucleate.slides.read_pool_image`). A slide without
+any tissue tile is reported and adds nothing; a slide that cannot be read (truncated, no resolution
+metadata and no ``slides.slide_mpp``, a format that needs openslide) is skipped like a bad image.
+
 Re-ingesting the same folder gives the same manifest; new files are appended after the existing rows
 (existing rows keep their order). Files listed in the manifest but gone from disk are reported and
 kept, so points that refer to them are never orphaned. Images are decoded one at a time (a bounded
-thread pool), so a pool of 100k files never sits in memory.
+thread pool), so a pool of 100k files never sits in memory. A slide already in the manifest (same content,
+same path) is not tiled again, whatever the ``slides`` params are now.
 """
 
 from __future__ import annotations
@@ -21,8 +33,12 @@ from pathlib import Path
 import pyarrow as pa
 import typer
 
+from nucleate.config import SlidesParams
 from nucleate.io import (
+    IMAGE_SUFFIXES,
+    SCHEMAS,
     SPLITS,
+    TILE_FIELDS,
     ImageError,
     content_id,
     image_files,
@@ -32,11 +48,14 @@ from nucleate.io import (
     write_table,
 )
 from nucleate.io.layout import LAYOUT
-from tasks._stage import Report, StageError, logger, run_alone, stage_errors
+from nucleate.slides import SLIDE_SUFFIXES, SlideError, Tile, is_slide_file, open_slide, tile_grid, tissue_mask
+from tasks._stage import Report, StageError, load_params_or_exit, logger, run_alone, stage_errors
 
 __all__ = ["IngestError", "IngestReport", "run", "command", "main"]
 
 _BATCH = 256  # files decoded per thread-pool batch (bounds memory)
+_COLUMNS = ("image_id", "path", "width", "height", "channels", "dtype", "split", "bytes")
+_SLIDE = object()  # _inspect's result for a whole-slide image (tiled in the main thread, one slide at a time)
 
 
 class IngestError(StageError):
@@ -45,21 +64,31 @@ class IngestError(StageError):
 
 @dataclass
 class IngestReport(Report):
-    """What one ingest did. ``skipped`` and ``missing`` hold (relative path, reason) pairs."""
+    """What one ingest did. ``added`` / ``unchanged`` count plain images; ``slides`` / ``tiles`` the slides tiled
+    and the tile rows they added, ``slides_unchanged`` the slides already in the manifest, ``no_tissue`` the
+    slides without any tissue tile. ``skipped`` holds (relative path, reason) pairs, ``missing`` paths."""
 
     manifest: Path
     added: int = 0
     unchanged: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    slides: int = 0
+    tiles: int = 0
+    slides_unchanged: int = 0
+    no_tissue: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
         return self.added + self.unchanged + len(self.missing)
 
     def lines(self) -> list[str]:
+        slides = ""
+        if self.slides or self.slides_unchanged or self.no_tissue:
+            slides = (f"; slides: {self.slides} tiled ({self.tiles} tiles added), {self.slides_unchanged} unchanged, "
+                      f"{len(self.no_tissue)} without tissue")
         return [f"ingest: {self.added} added, {self.unchanged} unchanged, {len(self.skipped)} skipped, "
-                f"{len(self.missing)} missing -> {self.manifest}"]
+                f"{len(self.missing)} missing{slides} -> {self.manifest}"]
 
 
 def _split_for(rel: str, split: str) -> str:
@@ -70,8 +99,9 @@ def _split_for(rel: str, split: str) -> str:
 
 
 def _inspect(path: Path, known: frozenset[str] | dict[str, str] = frozenset()) -> tuple[str, dict | str | None]:
-    """(image_id, row fields) for a readable image, (image_id or "", reason) for a bad one, and
-    (image_id, None) without decoding when ``image_id`` is in ``known`` (already in the manifest)."""
+    """(image_id, row fields) for a readable image, (image_id or "", reason) for a bad one,
+    (image_id, None) without decoding when ``image_id`` is in ``known`` (already in the manifest) and
+    (content id, _SLIDE) for a whole-slide image (tiled by the main thread, one slide at a time)."""
     try:
         size = path.stat().st_size
         if size == 0:
@@ -81,6 +111,8 @@ def _inspect(path: Path, known: frozenset[str] | dict[str, str] = frozenset()) -
         return "", f"cannot read ({exc.strerror})"
     if image_id in known:
         return image_id, None
+    if is_slide_file(path):
+        return image_id, _SLIDE
     try:
         array = read_image(path)
     except ImageError as exc:
@@ -94,7 +126,14 @@ def _inspect(path: Path, known: frozenset[str] | dict[str, str] = frozenset()) -
     }
 
 
+def _tiles(path: Path, slide_id: str, params: SlidesParams) -> list[Tile]:
+    """The slide's tiles with tissue: its tissue mask (one low-resolution read), then the tile grid."""
+    with open_slide(path, slide_id=slide_id, default_mpp=params.slide_mpp) as slide:
+        return tile_grid(slide, tissue_mask(slide, params), params)
+
+
 def run(
+    slides: SlidesParams | None = None,
     *,
     folder: str | Path,
     manifest: str | Path,
@@ -105,12 +144,15 @@ def run(
 ) -> IngestReport:
     """Scan ``folder`` and write/extend the manifest at ``manifest``.
 
+    ``slides``: the ``slides`` params (tile size and resolution, tissue detection) used for whole-slide images
+    found in the folder; None = :class:`nucleate.config.SlidesParams` as params.yaml documents them.
     ``split`` is ``pool``, ``gold``, ``test`` or ``auto`` (a top-level sub-folder named after a split
     sets it; everything else is ``pool``). Paths in the manifest are relative to ``folder``
-    (POSIX separators); ``folder`` itself is stored in the table metadata as ``root``. Ingest has no
-    hyper-parameters (no params section); ``workers`` only sets how many threads decode images.
+    (POSIX separators); ``folder`` itself is stored in the table metadata as ``root``. ``workers`` only sets
+    how many threads decode images.
     """
     log = log or logger("ingest")
+    slides = SlidesParams() if slides is None else slides
     root = Path(folder)
     manifest = Path(manifest)
     if split != "auto" and split not in SPLITS:
@@ -120,10 +162,11 @@ def run(
                                 f"(or run `nucleate sample-data` for the sample images)")
     report = IngestReport(manifest)
 
-    rows: dict[str, list] = {name: [] for name in ("image_id", "path", "width", "height", "channels",
-                                                   "dtype", "split", "bytes")}
-    by_id: dict[str, str] = {}
-    by_path: dict[str, str] = {}
+    rows: dict[str, list] = {name: [] for name in _COLUMNS + tuple(TILE_FIELDS.names)}  # new rows only
+    by_id: dict[str, str] = {}  # plain image: content id -> path
+    by_path: dict[str, str] = {}  # path -> content id (of the image, or of the slide)
+    slide_paths: dict[str, str] = {}  # slide content id -> path
+    old: pa.Table | None = None  # the existing rows stay an Arrow table (a million tiles are not Python objects)
     if manifest.exists():
         old = read_table("manifest", manifest)
         old_root = table_metadata(old).get("root")
@@ -132,13 +175,18 @@ def run(
                 f"{manifest}: built from folder '{old_root}', not '{root}'; ingest '{old_root}' "
                 "again or write a new manifest with --manifest"
             )
-        for name in rows:
-            rows[name].extend(old.column(name).to_pylist())
-        by_id = dict(zip(rows["image_id"], rows["path"], strict=True))
-        by_path = {p: i for i, p in by_id.items()}
+        old_slide_ids = (old.column("slide_id").to_pylist() if "slide_id" in old.column_names
+                         else [None] * old.num_rows)
+        for image_id, rel, slide_id in zip(old.column("image_id").to_pylist(), old.column("path").to_pylist(),
+                                           old_slide_ids, strict=True):
+            if slide_id is None:
+                by_id[image_id] = rel
+            else:
+                slide_paths[slide_id] = rel
+            by_path[rel] = image_id if slide_id is None else slide_id
 
     seen: set[str] = set()
-    files = image_files(root)
+    files = image_files(root, IMAGE_SUFFIXES + SLIDE_SUFFIXES)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         while batch := list(islice(files, _BATCH)):
             results = pool.map(_inspect, batch, [by_id] * len(batch))
@@ -146,6 +194,10 @@ def run(
                 rel = path.relative_to(root).as_posix()
                 seen.add(rel)
                 reason = None
+                if result is _SLIDE:
+                    _ingest_slide(path, rel, image_id, _split_for(rel, split), slides, rows, by_path, slide_paths,
+                                  report, log)
+                    continue
                 if isinstance(result, str):
                     reason = result
                 elif image_id in by_id:
@@ -166,11 +218,13 @@ def run(
                 rows["split"].append(_split_for(rel, split))
                 for key, value in result.items():
                     rows[key].append(value)
+                for key in TILE_FIELDS.names:
+                    rows[key].append(None)
                 report.added += 1
             if len(seen) % (_BATCH * 40) == 0:
                 log.info(f"ingest: {len(seen)} files scanned")
 
-    for rel in rows["path"]:
+    for rel in by_path:  # each path once (a slide's, not once per tile); new rows' paths are all seen
         if rel not in seen:
             report.missing.append(rel)
             log.warning(f"missing {rel}: listed in {manifest.name} but not found under {root}; row kept")
@@ -180,14 +234,70 @@ def run(
             f"--strict: {len(report.skipped)} file(s) skipped, {len(report.missing)} missing; "
             f"{manifest} not written (see the lines above)"
         )
-    write_table("manifest", pa.table(rows), manifest, metadata={"root": str(root)})
+    write_table("manifest", _table(old, rows, any_slide=bool(slide_paths)), manifest, metadata={"root": str(root)})
     for line in report.lines():
         log.info(line)
     return report
 
 
+def _table(old: pa.Table | None, rows: dict[str, list], any_slide: bool) -> pa.Table:
+    """The manifest: the ``old`` rows, then the new ``rows``; the tile columns (nulls on plain images) iff
+    ``any_slide``, so a manifest without slides keeps exactly its columns."""
+    fields = list(SCHEMAS["manifest"]) + (list(TILE_FIELDS) if any_slide else [])
+    schema = pa.schema(fields)
+    new = pa.Table.from_arrays([pa.array(rows[f.name], f.type) for f in fields], schema=schema)
+    if old is None:
+        return new
+    columns = [old.column(f.name).cast(f.type) if f.name in old.column_names else pa.nulls(old.num_rows, f.type)
+               for f in fields]
+    return pa.concat_tables([pa.Table.from_arrays(columns, schema=schema), new])
+
+
+def _ingest_slide(path: Path, rel: str, slide_id: str, split: str, params: SlidesParams, rows: dict[str, list],
+                  by_path: dict[str, str], slide_paths: dict[str, str], report: IngestReport,
+                  log: logging.Logger) -> None:
+    """Append the tile rows of the slide at ``path`` (``rel`` under the folder, content id ``slide_id``) unless it
+    is in the manifest already; a slide that cannot be used goes to ``report.skipped`` (one line)."""
+    tiles: list[Tile] = []
+    reason = None
+    if slide_id in slide_paths:
+        if slide_paths[slide_id] == rel:
+            report.slides_unchanged += 1
+            return
+        reason = f"duplicate of {slide_paths[slide_id]} (same content)"
+    elif rel in by_path:
+        reason = (f"content changed since it was ingested as {by_path[rel]}; restore it, "
+                  "or save the new version under a new name")
+    else:
+        try:
+            tiles = _tiles(path, slide_id, params)
+        except SlideError as exc:
+            reason = str(exc).split(": ", 1)[-1]
+    if reason:
+        report.skipped.append((rel, reason))
+        log.warning(f"skipped {rel}: {reason}")
+        return
+    if not tiles:
+        report.no_tissue.append(rel)
+        log.warning(f"slide {rel}: no tile has tissue on at least slides.tissue_threshold {params.tissue_threshold} "
+                    "of it; nothing added (lower the threshold if the slide has tissue)")
+        return
+    size = path.stat().st_size
+    for tile in tiles:
+        for key, value in (("image_id", tile.image_id), ("path", rel), ("width", tile.tile_px),
+                           ("height", tile.tile_px), ("channels", 3), ("dtype", "uint8"), ("split", split),
+                           ("bytes", size), *tile.manifest_columns().items()):
+            rows[key].append(value)
+    slide_paths[slide_id] = rel
+    by_path[rel] = slide_id
+    report.slides += 1
+    report.tiles += len(tiles)
+
+
 def command(
-    folder: Path = typer.Argument(..., help="Folder of PNG/TIFF/JPEG images, scanned recursively."),
+    folder: Path = typer.Argument(..., help="Folder of PNG/TIFF/JPEG images and whole-slide images, scanned "
+                                  "recursively."),
+    params: Path = typer.Option(Path("params.yaml"), help="params file (section `slides`: how slides are tiled)."),
     manifest: Path = typer.Option(LAYOUT.manifest, help="Manifest table to write or extend."),
     strict: bool = typer.Option(False, help="Fail (write nothing) if any file is skipped or missing."),
     split: str = typer.Option(
@@ -195,9 +305,11 @@ def command(
     ),
     workers: int = typer.Option(2, min=1, help="Threads decoding images (one image in memory per thread)."),
 ) -> None:
-    """Scan FOLDER for images and write the manifest (one row per unique image, content-hash id)."""
+    """Scan FOLDER for images and slides and write the manifest (one row per unique image, content-hash id;
+    one row per tissue tile of each slide)."""
     with stage_errors():
-        run(folder=folder, manifest=manifest, strict=strict, split=split, workers=workers)
+        cfg = load_params_or_exit(params)
+        run(cfg.slides, folder=folder, manifest=manifest, strict=strict, split=split, workers=workers)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,6 +16,10 @@ Outputs, written all or nothing:
 * **consensus** (``consensus.parquet``) — one point per nucleus (a ``points`` table; images with one
   annotator keep their points, several annotators are merged by
   :func:`nucleate.annotations.consensus_table`); the ``pseudomasks`` stage trains on it.
+
+  When the manifest has whole-slide tiles, both tables carry ``slide_id, slide_x, slide_y``
+  (:data:`nucleate.io.SLIDE_POINT_FIELDS`, :func:`nucleate.slides.slide_points`): each point on a tile also in
+  its slide's level-0 px (``x, y`` stay tile px); null for points of plain images.
 * **report** (``points_report.json``, a DVC metrics file) — totals, and per round: tasks, finished,
   skipped, open, rejected points with reasons, deleted tasks, agreement F1 between annotators, and the
   ``finished_image_ids`` (annotated — with or without points — or skipped), which ``select`` never picks again.
@@ -38,6 +42,7 @@ from nucleate.annotations.labelstudio import CollectedPoints, collect_points, ta
 from nucleate.config import LabelStudioParams
 from nucleate.io import LAYOUT, atomic_path, read_table, write_table
 from nucleate.io.layout import MissingInput, produced_by
+from nucleate.slides import slide_points
 from tasks._stage import Report, StageError, load_params_or_exit, logger, run_alone, stage_errors
 
 __all__ = ["PointsReport", "read_round", "round_folders", "run", "command", "main"]
@@ -153,7 +158,8 @@ def run(
     folders = round_folders(annotations)
     manifest = LAYOUT.require("manifest", manifest)
     out, consensus, report = Path(out), Path(consensus), Path(report)
-    images = set(read_table("manifest", manifest).column("image_id").to_pylist())
+    man = read_table("manifest", manifest)
+    images = set(man.column("image_id").to_pylist())
     result = PointsReport(out, consensus, report)
     parts: list[CollectedPoints] = []
     for n, folder in folders.items():  # one round's export in memory at a time; nothing is written before the end
@@ -196,8 +202,8 @@ def run(
     with contextlib.ExitStack() as stack:  # three temp files, renamed together only when all are written
         tmp = {name: stack.enter_context(atomic_path(path))
                for name, path in (("out", out), ("consensus", consensus), ("report", report))}
-        write_table("points", merged.points, tmp["out"])
-        write_table("points", agreed, tmp["consensus"])
+        write_table("points", slide_points(merged.points, man), tmp["out"])
+        write_table("points", slide_points(agreed, man), tmp["consensus"])
         tmp["report"].write_text(json.dumps(doc, indent=2) + "\n")
     return result
 

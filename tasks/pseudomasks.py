@@ -15,10 +15,12 @@ trainer and for QC. Images without points get no mask (they are not annotated). 
 (H&E RGB images), the k-means sees :func:`nucleate.stain.apply_stain` of each image: normalised to the stain
 reference (``stain.normalise``) and as ``stain.cluster_input``; gray images are never changed. Every point row counts
 as one nucleus whatever its ``label`` / ``origin``; points in the same pixel collapse. Images are read
-from the manifest's root folder (``images`` overrides it), one at a time.
+from the manifest's root folder (``images`` overrides it), one at a time; a whole-slide tile is read from its
+slide (:func:`nucleate.slides.read_pool_image`; its points are in tile px).
 
 QC gate: gold images (manifest split ``gold``) that have points and a ground-truth instance mask under
-``gold_masks`` (same relative path as the image, ``.tif``/``.png``) are done first and scored on the
+``gold_masks`` (same relative path as the image, ``.tif``/``.png``; plain images only: tiles have no gold
+masks) are done first and scored on the
 ``semantic`` map / ``instances``: pixel Dice on the labeled (non-ignore) pixels (how right the supervision
 is), the labeled fraction of the image (how much it supervises), whole-image Dice and AJI (how much of
 every nucleus it recovers). The stage fails, names every gold image with the failing measures and writes
@@ -59,7 +61,6 @@ from nucleate.io import (
     atomic_write_text,
     content_id,
     find_labels,
-    read_image,
     read_labels,
     read_table,
     table_metadata,
@@ -68,6 +69,7 @@ from nucleate.io import (
 )
 from nucleate.metrics import dice, segmentation_scores
 from nucleate.pseudomask import IGNORE, NUCLEUS, PointError, PseudoMask, from_points
+from nucleate.slides import PoolRows, SlideError, is_tile_row, read_pool_image
 from nucleate.stain import StainTransform
 from tasks._map import SEQUENTIAL, Mapper, open_mapper, per_image_failure
 from tasks._stage import Report, StageError, load_params_or_exit, logger, run_alone, stage_errors
@@ -76,7 +78,7 @@ __all__ = ["GATES", "MaskItem", "MaskSpec", "PseudomaskError", "PseudomaskReport
            "mask_image", "run"]
 
 #: errors of one image that leave it out (reported) instead of failing the stage: it cannot be read
-PER_IMAGE_ERRORS: tuple[type[BaseException], ...] = (ImageError, OSError)
+PER_IMAGE_ERRORS: tuple[type[BaseException], ...] = (ImageError, SlideError, OSError)
 
 #: QC measure (mean over gold images) -> (params field holding its floor, words for people)
 GATES: dict[str, tuple[str, str]] = {
@@ -154,9 +156,7 @@ def run(
                            "instance masks mirroring the image folder (the sample's come from `nucleate sample-data`)")
     table = read_table("manifest", manifest_path)
     root = Path(images) if images is not None else Path(table_metadata(table).get("root", "."))
-    entries = {
-        row["image_id"]: row for row in table.select(["image_id", "path", "width", "height", "split"]).to_pylist()
-    }
+    entries = PoolRows(table, ["split"])  # image_id -> manifest row (tile columns too), built when asked for
     pts = read_table("points", points_path)
     xy = points_xy(pts)
     rows_of = rows_by_image(pts)  # rows of one image keep their table order: instance i = the i-th point
@@ -177,7 +177,8 @@ def run(
         spec = MaskSpec(pseudomask, seed, str(root), str(staging), None if gold_dir is None else str(gold_dir),
                         str(points_path), transform)
         items = [(image_id, MaskItem(image_id, entries[image_id]["path"], entries[image_id]["split"] == "gold",
-                                     xy[rows_of[image_id]], np.asarray(rows_of[image_id], np.int64)))
+                                     xy[rows_of[image_id]], np.asarray(rows_of[image_id], np.int64),
+                                     entries[image_id]))
                  for image_id in todo]
         n_gold = sum(1 for _, item in items if item.gold)
         done: dict[int, dict] = {}
@@ -257,22 +258,25 @@ class MaskSpec:
 @dataclass(frozen=True)
 class MaskItem:
     """One annotated image: its id, path under the image folder, gold or not, its points (n, 2) float64 px
-    (x, y) and their rows in the points table."""
+    (x, y), their rows in the points table and its manifest row (``entry``: a tile's columns say where it lies
+    in its slide, ``path``)."""
 
     image_id: str
     path: str
     gold: bool
     xy: np.ndarray
     rows: np.ndarray
+    entry: dict
 
 
 def mask_image(spec: MaskSpec, item: MaskItem) -> dict:
     """Pseudo-masks of one image, written below ``spec.staging``; its index row (``cluster_path`` None when
     absent), ``n_unclicked``, ``gold`` (its QC scores, or None) and ``note`` (a line to log, or None).
 
-    Raises :class:`nucleate.io.ImageError` / ``OSError`` for an image that cannot be read (a per-image
-    failure), :class:`PseudomaskError` for a bad point or gold mask (an input the user must fix)."""
-    image = read_image(Path(spec.root) / item.path)
+    Raises :class:`nucleate.io.ImageError` / :class:`nucleate.slides.SlideError` / ``OSError`` for an image
+    that cannot be read (a per-image failure), :class:`PseudomaskError` for a bad point or gold mask (an input
+    the user must fix)."""
+    image = read_pool_image(spec.root, item.entry)
     if spec.stain is not None:
         image = spec.stain.cluster(image)
     try:
@@ -284,7 +288,7 @@ def mask_image(spec: MaskSpec, item: MaskItem) -> dict:
     row = {"image_id": item.image_id, **_write_maps(Path(spec.staging), item.image_id, pm), "method": pm.method,
            "n_points": pm.n_points, "n_instances": pm.n_instances, "n_unclicked": pm.n_unclicked,
            "gold": None, "note": None}
-    if item.gold and spec.gold_dir is not None:
+    if item.gold and spec.gold_dir is not None and not is_tile_row(item.entry):  # tiles have no gold masks
         mask_path = find_labels(Path(spec.gold_dir), item.path)
         if mask_path is None:
             row["note"] = f"qc: gold image {item.path} has no ground-truth mask under {spec.gold_dir}; not scored"

@@ -17,6 +17,11 @@ Inputs (paths from :data:`nucleate.io.layout.LAYOUT` / ``dvc.yaml``, hyper-param
   stop with one line naming the file and how to produce it, unless ``select.probs_as_features: true``, in
   which case they use the probability rows as features (logged).
 
+Whole-slide tiles (manifest rows with a ``slide_id``): ``select.per_slide_cap`` keeps at most that many tiles of
+one slide in the round's picks, for every strategy (:mod:`nucleate.selection.cap`: once a slide is full its other
+tiles are left out and picking goes on among the rest); when that leaves too few candidates the batch is smaller
+(one log line). Plain images are never capped.
+
 Labeled and in-flight images are never selected again and are the initial centres of the k-center
 strategies (PCoreSet covers the probability space *around* what is or soon will be labeled). Image ids are
 content hashes, so a duplicate file of a labeled image is the same image and is excluded too. A missing
@@ -24,8 +29,8 @@ points or in-flight file means "none yet" and is logged, so the first round need
 
 Output: the ``selection`` table (``round``, ``rank`` 0 first, ``image_id``, ``strategy``, ``min_distance``:
 the distance to the nearest centre when picked, for ``pcoreset`` / ``coreset``; null otherwise and for a
-cold-start first pick). Schema metadata: budget, space, seed, the probabilities' teacher / model id, the
-features source, candidate/labeled/in-flight counts. ``round`` defaults to 1 + the largest round found in
+cold-start first pick). Schema metadata: budget, per_slide_cap, space, seed, the probabilities' teacher /
+model id, the features source, candidate/labeled/in-flight counts. ``round`` defaults to 1 + the largest round found in
 the points and in-flight tables (1 when neither has one).
 """
 
@@ -37,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import typer
 
@@ -117,6 +123,18 @@ def _features(path: Path, wanted: list[str]) -> np.ndarray:
     return features_array(table)[[index[i] for i in wanted]]
 
 
+def _slide_groups(manifest: pa.Table, image_ids: list[str]) -> np.ndarray | None:
+    """Slide code per image of ``image_ids`` ((n,) int64, -1 = plain image); None when the manifest has no tile
+    columns."""
+    if "slide_id" not in manifest.column_names:
+        return None
+    slide_of = dict(zip(manifest.column("image_id").to_pylist(), manifest.column("slide_id").to_pylist(),
+                        strict=True))
+    codes: dict[str, int] = {}
+    return np.asarray([-1 if (s := slide_of[i]) is None else codes.setdefault(s, len(codes)) for i in image_ids],
+                      dtype=np.int64)
+
+
 def run(
     select: SelectParams,
     seed: int,
@@ -138,7 +156,8 @@ def run(
     lists as finished (annotated without points, or skipped) count as labeled. ``features`` (default
     ``LAYOUT.student_features``) is read only by strategies that need features. ``round`` overrides the
     round number. When fewer than ``budget`` images are left, all of them are selected (logged); when none is
-    left, :class:`StageError`. A missing manifest, probabilities or features table raises
+    left, :class:`StageError`. ``select.per_slide_cap`` caps the tiles of one slide (may shorten the batch).
+    A missing manifest, probabilities or features table raises
     :class:`nucleate.io.layout.MissingInput` naming the command that produces it.
     """
     log = log or logger("select")
@@ -208,9 +227,15 @@ def run(
                      strategy, space)
         else:
             feats, feats_from = _features(features, candidates + centres), "student_features"
+    groups = _slide_groups(man, candidates + centres)
     sel = select_scored(strategy, columns.T, budget=budget, seed=seed, features=feats, backend="auto",
                         device=str(device),
-                        labeled=np.arange(len(candidates), len(candidates) + len(centres), dtype=np.int64))
+                        labeled=np.arange(len(candidates), len(candidates) + len(centres), dtype=np.int64),
+                        groups=groups, group_cap=select.per_slide_cap)
+    if len(sel.indices) < budget:
+        log.info("select: select.per_slide_cap = %d limited the batch to %d of %d image(s): every other candidate "
+                 "is a tile of a slide that already has %d pick(s)", select.per_slide_cap, len(sel.indices), budget,
+                 select.per_slide_cap)
     picked = [candidates[i] for i in sel.indices.tolist()]
     if sel.score_name == "min_distance":
         dist = [None if np.isnan(d) else float(d) for d in sel.scores.tolist()]
@@ -218,7 +243,8 @@ def run(
         dist = [None] * len(picked)
     this_round = max(points_round, inflight_round) + 1 if round is None else int(round)
     meta_in = table_metadata(table)
-    meta = {"budget": budget, "space": space, "seed": seed, "teacher_id": meta_in.get("teacher_id"),
+    meta = {"budget": budget, "per_slide_cap": select.per_slide_cap or None, "space": space, "seed": seed,
+            "teacher_id": meta_in.get("teacher_id"),
             "model_id": meta_in.get("model_id"), "features": feats_from, "candidates": len(candidates),
             "labeled": len(labeled & in_manifest), "inflight": len((flying - labeled) & in_manifest)}
     write_table("selection", {"round": [this_round] * len(picked), "rank": list(range(len(picked))),

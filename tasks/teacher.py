@@ -1,7 +1,8 @@
 """Stage ``teacher``: class probabilities for every image in the manifest -> ``teacher_probs`` table.
 
 Reads ``storage/manifest.parquet`` (image files resolved against the folder stored in its metadata as
-``root``, or ``--images``), scores the images with the teacher configured in ``params.yaml`` (``teacher``
+``root``, or ``--images``; a whole-slide tile is read from its slide: :func:`nucleate.slides.read_pool_image`),
+scores the images with the teacher configured in ``params.yaml`` (``teacher``
 section; ``teacher.classes`` are the columns) and writes ``storage/teacher_probs.parquet`` atomically. The
 table's metadata holds ``classes``, ``teacher_id``, ``templates``, ``backend``, ``cache_key`` and
 ``failed`` (one ``{image_id, path, reason}`` per image that could not be scored).
@@ -25,6 +26,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,8 +34,9 @@ from typing import Any
 import typer
 
 from nucleate.config import TeacherParams
-from nucleate.io import read_image, read_table, table_metadata, write_table
+from nucleate.io import read_table, table_metadata, write_table
 from nucleate.io.layout import LAYOUT
+from nucleate.slides import PoolRows, read_pool_image
 from nucleate.teacher import ProbsCache, load_teacher, score_images
 from nucleate.teacher.base import Teacher
 from nucleate.teacher.score import ChunkRunner, score_chunk
@@ -127,24 +130,25 @@ def _cached_teacher(backend: str, options: dict[str, Any]) -> Teacher:
     return _TEACHERS[key]
 
 
-def score_chunk_task(spec: ChunkSpec, chunk: list[tuple[str, str]]) -> tuple[dict, list[tuple[str, str]]]:
-    """Score one chunk of ``(image_id, path relative to spec.root)`` in this process (a Dask worker):
-    ``(image_id -> (C,) float32 probabilities, [(image_id, reason)] of the images that failed)``."""
+def score_chunk_task(spec: ChunkSpec, chunk: list[tuple[str, dict]]) -> tuple[dict, list[tuple[str, str]]]:
+    """Score one chunk of ``(image_id, manifest row)`` (the row's ``path`` is relative to ``spec.root``; a tile
+    row is read from its slide) in this process (a Dask worker): ``(image_id -> (C,) float32 probabilities,
+    [(image_id, reason)] of the images that failed)``."""
     model = _cached_teacher(spec.backend, spec.options)
-    paths = dict(chunk)
-    return score_chunk(model, [i for i, _ in chunk], lambda image_id: read_image(Path(spec.root) / paths[image_id]))
+    rows = dict(chunk)
+    return score_chunk(model, [i for i, _ in chunk], lambda image_id: read_pool_image(spec.root, rows[image_id]))
 
 
-def _chunk_runner(mapper: Mapper, spec: ChunkSpec, paths: dict[str, str]) -> ChunkRunner:
+def _chunk_runner(mapper: Mapper, spec: ChunkSpec, rows: Mapping[str, dict]) -> ChunkRunner:
     """Chunks scored by ``mapper`` (one task per chunk); an error that is not about one image is raised."""
 
     def run_chunks(chunks: list[list[str]]):
-        items = [(part[0], [(i, paths[i]) for i in part]) for part in chunks]
+        items = ((part[0], [(i, rows[i]) for i in part]) for part in chunks)  # rows built as chunks are sent
         for outcome in mapper.map(functools.partial(score_chunk_task, spec), items):
             if outcome.error is not None:
                 raise outcome.error
-            rows, failed = outcome.value
-            yield chunks[outcome.index], rows, failed
+            scored, failed = outcome.value
+            yield chunks[outcome.index], scored, failed
 
     return run_chunks
 
@@ -174,17 +178,17 @@ def run(
     manifest, out = LAYOUT.require("manifest", manifest), Path(out)
     table = read_table("manifest", manifest)
     root = Path(images) if images is not None else Path(table_metadata(table).get("root", manifest.parent))
-    paths = dict(zip(table.column("image_id").to_pylist(), table.column("path").to_pylist(), strict=True))
-    if not paths:
+    rows = PoolRows(table)  # image_id -> manifest row, built when a chunk needs it
+    if not rows:
         raise StageError(f"{manifest}: the manifest has no images; run `nucleate ingest FOLDER` first")
 
     with open_mapper(mapper) as where:  # a cluster that cannot be reached fails here, before anything is written
-        result, model = _score(teacher, where, paths, root, cache, workers, log)
-    failed = [(image_id, paths[image_id], reason) for image_id, reason in result.failed]
+        result, model = _score(teacher, where, rows, root, cache, workers, log)
+    failed = [(image_id, rows[image_id]["path"], reason) for image_id, reason in result.failed]
     for image_id, rel, reason in failed:
         log.warning("failed %s (%s): %s", rel, image_id, reason)
     if not result.image_ids:
-        raise StageError(f"none of the {len(paths)} images could be scored (see the lines above); {out} not written")
+        raise StageError(f"none of the {len(rows)} images could be scored (see the lines above); {out} not written")
     if strict and failed:
         raise StageError(f"--strict: {len(failed)} image(s) could not be scored; {out} not written")
     write_table("teacher_probs", result.table(), out, metadata={
@@ -197,29 +201,29 @@ def run(
                          failed, time.perf_counter() - started)
 
 
-def _score(teacher: TeacherParams, where: Mapper, paths: dict[str, str], root: Path, cache: str | Path | None,
+def _score(teacher: TeacherParams, where: Mapper, rows: Mapping[str, dict], root: Path, cache: str | Path | None,
            workers: int, log: logging.Logger):
-    """(score result, teacher) of every image in ``paths`` (image_id -> path under ``root``)."""
+    """(score result, teacher) of every image in ``rows`` (image_id -> manifest row; paths under ``root``)."""
     backend, options = teacher_options(teacher)
     if backend in ("clip", "conse"):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # "Loading weights" bars; our own progress follows
     model = load_teacher(backend, **options)
-    log.info("teacher: %s, %d images, classes %s", model.teacher_id, len(paths), ", ".join(model.classes))
+    log.info("teacher: %s, %d images, classes %s", model.teacher_id, len(rows), ", ".join(model.classes))
     store = None
     if cache is not None:
         Path(cache).mkdir(parents=True, exist_ok=True)
         store = ProbsCache(cache, log=log.info)
 
     def load(image_id: str):
-        return read_image(root / paths[image_id])
+        return read_pool_image(root, rows[image_id])
 
     runner = None
     if where is not SEQUENTIAL:
         log.info("teacher: scoring on %s", where.name)
-        runner = _chunk_runner(where, ChunkSpec(backend, options, str(root)), paths)
-    return score_images(model, list(paths), load, cache=store, workers=workers, chunk=CHUNK_IMAGES,
+        runner = _chunk_runner(where, ChunkSpec(backend, options, str(root)), rows)
+    return score_images(model, list(rows), load, cache=store, workers=workers, chunk=CHUNK_IMAGES,
                         progress=_Progress(log, sys.stderr.isatty()), run_chunks=runner), model
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -46,7 +47,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -74,7 +75,6 @@ from nucleate.io import (
     find_labels,
     probs_array,
     probs_table,
-    read_image,
     read_labels,
     read_table,
     table_metadata,
@@ -82,6 +82,7 @@ from nucleate.io import (
 )
 from nucleate.models import ModelError, network_input, resize_labels, save_model
 from nucleate.pseudomask import PointError, from_points
+from nucleate.slides import PoolRows, SlideError, is_tile_row, read_pool_image
 from nucleate.stain import StainTransform
 from nucleate.training import (
     TrainError,
@@ -138,23 +139,28 @@ def _file_id(path: Path | None) -> str | None:
     return content_id(path) if path is not None and path.is_file() else None
 
 
-def _pool_entries(manifest: pa.Table) -> tuple[dict[str, dict[str, Any]], Path]:
+def _pool_entries(manifest: pa.Table) -> tuple[Mapping[str, dict[str, Any]], Path]:
     root = Path(table_metadata(manifest).get("root", "."))
-    entries = {r["image_id"]: r for r in manifest.select(["image_id", "path", "split"]).to_pylist()}
-    return entries, root
+    return PoolRows(manifest, ["split"]), root  # rows built when asked for; a tile's say where it lies
 
 
 def _read(root: Path, entry: dict[str, Any], view: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """The image of a manifest entry, through ``view`` (a :class:`nucleate.stain.StainTransform` method)."""
     try:
-        image = read_image(root / entry["path"])
-    except (ImageError, FileNotFoundError) as exc:
+        image = read_pool_image(root, entry)
+    except (ImageError, SlideError, FileNotFoundError) as exc:
         raise TrainStageError(f"image {entry['image_id']} ({entry['path']}): {exc}") from None
     return image if view is None else view(image)
 
 
+def _student_pool_image(root: Path, stain: StainTransform, row: Mapping[str, Any]) -> np.ndarray:
+    """A pool item's pixels (:func:`nucleate.slides.read_pool_image`) as the student sees them (KD crops)."""
+    return stain.student(read_pool_image(root, row))
+
+
 def _mask(masks: Path, entry: dict[str, Any]) -> np.ndarray | None:
-    path = find_labels(masks, entry["path"])
+    """The ground-truth mask of a plain image under ``masks`` (None without one; tiles have none)."""
+    path = None if is_tile_row(entry) else find_labels(masks, entry["path"])
     if path is None:
         return None
     try:
@@ -177,7 +183,8 @@ def _stored_pseudomasks(folder: Path | None, points_id: str, log: logging.Logger
 
 
 def _training_images(model: ModelParams, train_p: TrainParams, pseudomask: PseudomaskParams, seed: int, *,
-                     stain: StainTransform, entries: dict[str, dict[str, Any]], root: Path, points_path: Path | None,
+                     stain: StainTransform, entries: Mapping[str, dict[str, Any]], root: Path,
+                     points_path: Path | None,
                      points: pa.Table | None, points_id: str | None,
                      pseudomasks: Path | None, masks: Path | None, teacher: dict[str, np.ndarray],
                      log: logging.Logger) -> list:
@@ -240,7 +247,7 @@ def _training_images(model: ModelParams, train_p: TrainParams, pseudomask: Pseud
     return images
 
 
-def _gold(entries: dict[str, dict[str, Any]], root: Path, masks: Path | None, scale: float, stain: StainTransform
+def _gold(entries: Mapping[str, dict[str, Any]], root: Path, masks: Path | None, scale: float, stain: StainTransform
           ) -> list[tuple[np.ndarray, np.ndarray]]:
     if masks is None:
         return []
@@ -384,9 +391,9 @@ def _run(model, train_params, donuseg, pseudomask, predict, classes, seed, where
     kd_pool = None
     pool_ids = [i for i, e in entries.items() if e["split"] == "pool" and i in teacher]
     if teacher and pool_ids:
-        kd_pool = UnlabeledPool([root / entries[i]["path"] for i in pool_ids], np.stack([teacher[i] for i in pool_ids]),
-                                scale=scale, patch_px=train_params.patch_px,
-                                reader=lambda path: transform.student(read_image(path)))
+        kd_pool = UnlabeledPool([entries[i] for i in pool_ids], np.stack([teacher[i] for i in pool_ids]),
+                                scale=scale, patch_px=train_params.patch_px,  # manifest rows: tiles too
+                                reader=functools.partial(_student_pool_image, root, transform))
     data_ids = {
         "manifest": content_id(manifest_path),
         "points": points_id,

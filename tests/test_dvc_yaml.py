@@ -3,7 +3,9 @@ path a stage imports (so a change there re-runs the stage)."""
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -108,3 +110,13 @@ def test_deps_name_every_code_path_the_stage_imports(name):
     code_deps = [d for d in deps if d.startswith(("src/", "tasks/", "flows/"))]
     unused = [d for d in code_deps if not any(f == d or f.startswith(d.rstrip("/") + "/") for f in imported)]
     assert not unused, f"stage {name}: dvc.yaml deps name code the stage never imports: {unused}"
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_params_name_every_section_the_command_reads(name):
+    """A params.yaml section the stage's command reads (``cfg.<section>``) is in the stage's ``params`` (whole, or
+    some of its keys), so `dvc repro` re-runs the stage when it changes (e.g. ingest's ``slides``)."""
+    source = inspect.getsource(_click_command(_argv(STAGES[name])).callback)
+    used = set(re.findall(r"\bcfg\.(\w+)", source))
+    listed = {str(next(iter(p)) if isinstance(p, dict) else p).split(".")[0] for p in STAGES[name].get("params", [])}
+    assert used <= listed, f"stage {name}: dvc.yaml params miss {sorted(used - listed)}"

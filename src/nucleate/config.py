@@ -91,6 +91,9 @@ class SelectParams:
     device: str = _f("auto", choices=("auto", "cpu", "cuda"))  # k-center: torch on CUDA when available, else numba
     # coreset / badge need the student's features table; true lets them use the probability rows instead
     probs_as_features: bool = _f(False)
+    # whole-slide tiles: at most this many tiles of one slide per round's batch (None or 0 = no cap; plain images
+    # are never capped); a cap that leaves too few candidates makes the batch smaller
+    per_slide_cap: int | None = _f(None, min=0)
 
 
 @dataclass(frozen=True)
@@ -266,13 +269,17 @@ class SlidesParams:
     """Whole-slide images: tissue detection once per slide, then a tile grid (:mod:`nucleate.slides`)."""
 
     target_mpp: float = _f(0.5, gt=0.0, max=100.0)  # tile resolution, µm per pixel (0.5 = 20x)
-    tile_px: int = _f(512, min=16, max=8192)  # tile side, pixels at target_mpp
+    tile_px: int = _f(448, min=16, max=8192)  # tile side, pixels at target_mpp (+ overlap = predict window: one pass)
     tissue_threshold: float = _f(0.25, min=0.0, max=1.0)  # keep tiles whose tissue fraction is at least this
     thumbnail_mpp: float = _f(4.0, gt=0.0, max=1000.0)  # tissue mask resolution, µm per pixel
+    tissue_channel: str = _f("saturation", choices=("saturation", "optical_density"))  # thresholded by Otsu
     min_saturation: float = _f(0.05, min=0.0, max=1.0)  # HSV saturation below this is never tissue (Otsu floor)
+    min_optical_density: float = _f(0.05, min=0.0, max=3.0)  # mean RGB OD below this is never tissue (Otsu floor)
     closing_um: float = _f(16.0, min=0.0, max=10_000.0)  # binary closing disk radius, µm
     min_object_um2: float = _f(5000.0, min=0.0)  # tissue pieces smaller than this (µm²) are dropped
     min_hole_um2: float = _f(5000.0, min=0.0)  # holes in tissue smaller than this (µm²) are filled
+    predict_overlap_px: int = _f(64, min=0, max=4096)  # predict: px at target_mpp two neighbouring windows share
+    slide_mpp: float | None = _f(None, gt=0.0, max=100.0)  # level-0 µm/px of slides without it in metadata
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,20 @@ import pyarrow as pa
 import pytest
 
 from nucleate.annotations.display import display_uint8
-from nucleate.annotations.formats import from_coco, from_csv, from_qupath, to_coco, to_qupath
+from nucleate.annotations.formats import (
+    _colours,
+    from_coco,
+    from_csv,
+    from_qupath,
+    from_qupath_slides,
+    to_coco,
+    to_qupath,
+    to_qupath_slides,
+)
+from nucleate.annotations.points import points_table
 from nucleate.annotations.simulate import simulate_clicks
 from nucleate.io import SCHEMAS, validate_table
+from nucleate.slides import Tile, tile_to_slide
 
 LABELS = ["nucleus", "micronucleus"]
 SIZES = {"img-a": (320, 240), "img-b": (64, 100)}
@@ -143,3 +154,147 @@ def test_statistics_of_the_simulated_annotator_follow_its_rates():
                           false_click_rate=0.05)
     assert out.missed / len(gt) == pytest.approx(0.1, abs=0.01)
     assert out.false_clicks / len(gt) == pytest.approx(0.05, abs=0.01)
+
+
+# --- whole slides: QuPath GeoJSON in level-0 px, points on tiles --------------------------------------------
+
+SLIDE = "s" * 64  # a slide's content id
+W0 = 64 * 0.5 / 0.3  # level-0 extent of a 64 px tile at 0.5 µm/px on a 0.3 µm/px slide: 106.67 px
+
+
+def slide_tiles(slide_id: str = SLIDE, drop: tuple[int, int] | None = (2, 1)) -> dict[str, Tile]:
+    """A 3 x 2 grid laid as tile_grid lays it (x0 = round(k * W0): sub-pixel gaps and overlaps between
+    neighbours), minus the tile ``drop`` (column, row) = not kept; image_id -> Tile."""
+    tiles = [Tile(slide_id, round(c * W0), round(r * W0), W0, W0, 64, 0.5, 0, 0.9)
+             for r in range(2) for c in range(3) if (c, r) != drop]
+    return {t.image_id: t for t in tiles}
+
+
+def slide_points(tiles: dict[str, Tile]) -> pa.Table:
+    """Points on the tiles (edges, interior, the overlap of two tiles), half with slide_x / slide_y set."""
+    by_xy = {(t.x0, t.y0): i for i, t in tiles.items()}
+    t0, t1, t2 = by_xy[(0, 0)], by_xy[(107, 0)], by_xy[(213, 0)]
+    rows = [(t0, 0.0, 0.0, "nucleus", "ann1", 3, 30, 1, "manual"),
+            (t0, 64.0, 64.0, "nucleus", "ann1", 3, 30, 1, "manual"),       # far corner: closed edge, gap beyond
+            (t0, 10.5, 20.25, "micronucleus", "ann2", None, None, 2, "prediction"),
+            (t2, 0.1, 5.0, "nucleus", "ann2", None, None, 2, "manual"),    # in t1 and t2 (they overlap)
+            (t1, 63.9, 33.0, "nucleus", "ann1", 4, 40, 1, "ground_truth")]
+    names = ["image_id", "x", "y", "label", "annotator", "task_id", "annotation_id", "round", "origin"]
+    cols = {n: [r[i] for r in rows] for i, n in enumerate(names)}
+    cols["created_at"] = [datetime(2025, 3, 4, 5, 6, 7, 123000 + i, tzinfo=UTC) for i in range(len(rows))]
+    xy = np.vstack([tile_to_slide(tiles[r[0]], [r[1], r[2]]) for r in rows])
+    cols["slide_id"] = [SLIDE] * len(rows)
+    cols["slide_x"] = [float(v) if i % 2 else None for i, v in enumerate(xy[:, 0])]
+    cols["slide_y"] = [float(v) if i % 2 else None for i, v in enumerate(xy[:, 1])]
+    return points_table(cols)
+
+
+#: QuPath's GeoJSON for points made with its Points tool (File > Export objects as GeoJSON; qupath-docs
+#: "Exporting annotations"): a FeatureCollection of annotations, one MultiPoint per class, pixel units
+QUPATH_POINTS_SCHEMA = {
+    "type": "object",
+    "required": ["type", "features"],
+    "properties": {
+        "type": {"const": "FeatureCollection"},
+        "features": {"type": "array", "items": {
+            "type": "object",
+            "required": ["type", "id", "geometry", "properties"],
+            "properties": {
+                "type": {"const": "Feature"},
+                "id": {"type": "string", "format": "uuid"},
+                "geometry": {
+                    "type": "object", "required": ["type", "coordinates"], "additionalProperties": False,
+                    "properties": {
+                        "type": {"const": "MultiPoint"},
+                        "coordinates": {"type": "array", "minItems": 1, "items": {
+                            "type": "array", "minItems": 2, "maxItems": 2, "items": {"type": "number"}}},
+                    },
+                },
+                "properties": {
+                    "type": "object", "required": ["objectType", "classification"],
+                    "properties": {
+                        "objectType": {"const": "annotation"},
+                        "isLocked": {"type": "boolean"},
+                        "classification": {
+                            "type": "object", "required": ["name", "color"],
+                            "properties": {"name": {"type": "string"}, "color": {
+                                "type": "array", "minItems": 3, "maxItems": 3,
+                                "items": {"type": "integer", "minimum": 0, "maximum": 255}}},
+                        },
+                    },
+                },
+            },
+        }},
+    },
+}
+
+
+def test_qupath_slide_export_is_qupath_points_geojson_in_level0_px():
+    import jsonschema
+
+    tiles = slide_tiles()
+    table = slide_points(tiles)
+    docs = json.loads(json.dumps(to_qupath_slides(table, tiles, LABELS)))
+    assert list(docs) == [SLIDE]
+    doc = docs[SLIDE]
+    jsonschema.validate(doc, QUPATH_POINTS_SCHEMA)
+    bad = json.loads(json.dumps(doc))
+    bad["features"][0]["properties"]["classification"]["color"] = [1.5, 0, 0]
+    with pytest.raises(jsonschema.ValidationError):  # the schema does check
+        jsonschema.validate(bad, QUPATH_POINTS_SCHEMA)
+    assert [f["properties"]["classification"]["name"] for f in doc["features"]] == LABELS  # one per class
+    for f in doc["features"]:
+        assert all(isinstance(v, float) for p in f["geometry"]["coordinates"] for v in p)
+        assert f["properties"]["classification"]["color"] == _colours(LABELS)[f["properties"]["classification"]
+                                                                                ["name"]]
+    nuclei = np.array(doc["features"][0]["geometry"]["coordinates"])
+    np.testing.assert_allclose(nuclei[:2], [[0, 0], [W0, W0]], atol=1e-9)            # level-0 px, no offset
+    np.testing.assert_allclose(nuclei[2], [213 + 0.1 * W0 / 64, 5 * W0 / 64], atol=1e-9)
+
+
+def test_qupath_slide_round_trip_keeps_tiles_points_and_columns():
+    tiles = slide_tiles()
+    table = slide_points(tiles)
+    doc = json.loads(json.dumps(to_qupath_slides(table, tiles, LABELS)[SLIDE]))
+    back = from_qupath_slides([("case.geojson", SLIDE, doc)], tiles=tiles, labels=LABELS)
+    assert back.rejected == [] and back.n_rejected == 0
+    key = ["image_id", "label", "annotator", "task_id", "annotation_id", "round", "origin", "created_at"]
+    want = sorted(table.to_pylist(), key=lambda r: r["created_at"])
+    got = sorted(back.points.to_pylist(), key=lambda r: r["created_at"])
+    assert [[r[k] for k in key] for r in got] == [[r[k] for k in key] for r in want]
+    for name in ("x", "y"):
+        np.testing.assert_allclose([r[name] for r in got], [r[name] for r in want], rtol=0, atol=1e-6)
+    slide_xy = np.vstack([tile_to_slide(tiles[r["image_id"]], [r["x"], r["y"]]) for r in want])
+    np.testing.assert_allclose([(r["slide_x"], r["slide_y"]) for r in got], slide_xy, rtol=0, atol=1e-9)
+    assert {r["slide_id"] for r in got} == {SLIDE}
+
+
+def test_qupath_points_made_on_a_slide_go_to_the_tile_holding_them():
+    tiles = slide_tiles()
+    by_xy = {(t.x0, t.y0): i for i, t in tiles.items()}
+    made = [  # QuPath's bare list of features (exportObjectsToGeoJson without FEATURE_COLLECTION)
+        {"type": "Feature", "geometry": {"type": "MultiPoint", "coordinates": [
+            [50, 60], [106.8, 50], [250, 150], [213.3, 10], [320, 5]]},
+         "properties": {"objectType": "annotation", "classification": {"name": "nucleus", "color": [1, 2, 3]}}},
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [20.5, 150.25]},
+         "properties": {"objectType": "annotation"}},
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 0]]]},
+         "properties": {}},
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [float("nan"), 3]}, "properties": {}},
+    ]
+    res = from_qupath_slides([("case.geojson", SLIDE, made)], tiles=tiles, labels=LABELS,
+                             default_label="micronucleus")
+    got = [(r["image_id"], r["label"], r["slide_x"], r["slide_y"]) for r in res.points.to_pylist()]
+    assert got == [(by_xy[(0, 0)], "nucleus", 50.0, 60.0),
+                   (by_xy[(107, 0)], "nucleus", 213.3, 10.0),  # on t1 and t2: the first, row-major
+                   (by_xy[(0, 107)], "micronucleus", 20.5, 150.25)]
+    np.testing.assert_allclose([(r["x"], r["y"]) for r in res.points.to_pylist()],
+                               [(50 * 64 / W0, 60 * 64 / W0), ((213.3 - 107) * 64 / W0, 10 * 64 / W0),
+                                (20.5 * 64 / W0, (150.25 - 107) * 64 / W0)], atol=1e-9)
+    assert res.n_rejected == 5 and len(res.rejected) == 3
+    assert "Polygon" in res.rejected[0] and "feature 3: coordinates are not finite" in res.rejected[1]
+    # the sub-pixel gap between two tiles, the tile that was not kept, past the slide's last tile: one line
+    assert res.rejected[2].startswith("case.geojson: 3 point(s) lie on no kept tile") and "(106.8, 50.0)" in \
+        res.rejected[2]
+    other = from_qupath_slides([("other.geojson", "o" * 64, made[:1])], tiles=tiles, labels=LABELS)
+    assert other.points.num_rows == 0 and other.n_rejected == 5  # a slide without kept tiles

@@ -28,6 +28,7 @@ def test_labeling_config_has_one_keypoint_label_per_class_in_order():
     image = root.find("Image")
     kp = root.find("KeyPointLabels")
     assert image.get("name") == "image" and image.get("value") == "$image"
+    assert root.find("Header").get("value") == "$name"  # the annotator sees which image (or slide tile) it is
     assert kp.get("name") == "kp" and kp.get("toName") == "image"
     assert [lbl.get("value") for lbl in kp.findall("Label")] == ["nucleus", 'odd "name" <&>', "background"]
 

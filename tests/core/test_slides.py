@@ -8,8 +8,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from slides_data import (  # noqa: F401 - all re-exported: other tests import them from here too
+    DOWNSAMPLES,
+    HOLE,
+    MPP,
+    PARAMS,
+    SPECK,
+    A,
+    B,
+    C,
+    D,
+    H,
+    W,
+    pattern,
+    write_slide,
+)
 
-from nucleate.config import SlidesParams
 from nucleate.slides import (
     SlideError,
     Tile,
@@ -21,49 +35,6 @@ from nucleate.slides import (
     tissue_mask,
 )
 from nucleate.slides.grid import tissue_fractions
-
-MPP = 0.5  # level-0 µm per px of the generated slide
-W, H = 2048, 1536  # level-0 size, px
-DOWNSAMPLES = (2, 4, 8)  # levels 1-3, subsampled (the pattern is constant on 8 x 8 blocks); tifffile wants one factor
-# tissue rectangles, level-0 px (x0, y0, x1, y1); all on the 8 px grid, i.e. whole pixels of the 4 µm/px mask
-A = (256, 256, 1024, 768)  # 3 x 2 whole tiles of 256 level-0 px (128 px at 1 µm/px)
-B = (1280, 768, 1792, 1280)  # 2 x 2 whole tiles
-C = (8, 1280, 136, 1528)  # half (0.484) of tile (0, 5)
-D = (1536, 8, 1792, 48)  # 0.156 of tile (6, 0): below the threshold
-SPECK = (1200, 100, 1224, 124)  # 144 µm² of "tissue": dust, removed
-HOLE = (512, 512, 528, 528)  # 64 µm² hole in A: filled
-PARAMS = SlidesParams(target_mpp=1.0, tile_px=128, tissue_threshold=0.25, thumbnail_mpp=4.0,
-                      min_object_um2=1000.0, min_hole_um2=1000.0)  # fmt: skip
-
-
-def pattern() -> np.ndarray:
-    """uint8 RGB (H, W, 3): white background; tissue R = 200, G = 40 + (x // 8) % 64, B = 120 + (y // 8) % 64."""
-    y, x = np.mgrid[0:H, 0:W]
-    image = np.full((H, W, 3), 255, np.uint8)
-    tissue = np.zeros((H, W), bool)
-    for x0, y0, x1, y1 in (A, B, C, D, SPECK):
-        tissue[y0:y1, x0:x1] = True
-    x0, y0, x1, y1 = HOLE
-    tissue[y0:y1, x0:x1] = False
-    image[tissue, 0] = 200
-    image[tissue, 1] = (40 + (x // 8) % 64)[tissue]
-    image[tissue, 2] = (120 + (y // 8) % 64)[tissue]
-    return image
-
-
-def write_slide(path: Path, image: np.ndarray, mpp: float | None, subifds: bool = True) -> Path:
-    """A tiled pyramidal TIFF, levels in SubIFDs (else top-level reduced pages), resolution tags in pixels per
-    centimetre (when ``mpp``)."""
-    opts = {"tile": (256, 256), "photometric": "rgb", "compression": "zlib"}
-
-    def res(d: int) -> dict:
-        return {} if mpp is None else {"resolution": (1e4 / (mpp * d),) * 2, "resolutionunit": "CENTIMETER"}
-
-    with tifffile.TiffWriter(path) as tw:
-        tw.write(image, subifds=len(DOWNSAMPLES) if subifds else None, **opts, **res(1))
-        for d in DOWNSAMPLES:
-            tw.write(image[::d, ::d], subfiletype=1, **opts, **res(d))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -102,14 +73,42 @@ def test_mpp_argument_overrides_metadata(slide_path):
         assert s.mpp == (0.25, 0.25) and s.slide_id == "s1"
 
 
-def test_tissue_mask_is_exactly_the_tissue_rectangles(mask_and_tiles):
+@pytest.mark.parametrize("channel", ["saturation", "optical_density"])
+def test_tissue_mask_is_exactly_the_tissue_rectangles(mask_and_tiles, slide, channel):
     tissue, _ = mask_and_tiles
+    if channel != PARAMS.tissue_channel:
+        tissue = tissue_mask(slide, dataclasses.replace(PARAMS, tissue_channel=channel))
     assert tissue.scale == (8.0, 8.0) and tissue.mpp == pytest.approx((4.0, 4.0))
     expected = np.zeros((H // 8, W // 8), bool)
     for x0, y0, x1, y1 in (A, B, C, D):  # the hole filled, the speck gone
         expected[y0 // 8 : y1 // 8, x0 // 8 : x1 // 8] = True
     np.testing.assert_array_equal(tissue.mask, expected)
     assert 0.2 < tissue.fraction < 0.3
+
+
+def test_optical_density_finds_gray_tissue_that_has_no_saturation(tmp_path, image):
+    """A gray (single-channel) slide: saturation is 0 everywhere, optical density still separates the tissue."""
+    path = tmp_path / "gray.tif"
+    write_slide(path, np.ascontiguousarray(image[..., 1]), MPP)  # tissue 40-103, background 255
+    with open_slide(path) as s:
+        assert not tissue_mask(s, PARAMS).mask.any()
+        od = tissue_mask(s, dataclasses.replace(PARAMS, tissue_channel="optical_density"))
+    with open_slide(write_slide(tmp_path / "rgb.tif", image, MPP)) as s:
+        np.testing.assert_array_equal(od.mask, tissue_mask(s, PARAMS).mask)
+
+
+def test_optical_density_floor_keeps_faint_glass_out(tmp_path):
+    """Glass at OD 0.02 with a faint 0.04 smear and no tissue: Otsu alone would split them; the floor (0.05) keeps
+    both out; lowering the floor lets the smear in."""
+    from nucleate.slides.tissue import optical_density, tissue_signal
+
+    image = np.full((64, 64, 3), 243, np.uint8)  # OD 0.021
+    image[16:48, 16:48] = 233  # OD 0.040
+    assert optical_density(image[:1, :1])[0, 0] == pytest.approx(0.0210, abs=1e-3)
+    params = dataclasses.replace(PARAMS, tissue_channel="optical_density")
+    assert not tissue_signal(image, params).any()
+    smear = tissue_signal(image, dataclasses.replace(params, min_optical_density=0.03))
+    assert smear.sum() == 32 * 32 and smear[16:48, 16:48].all()
 
 
 def test_tiles_kept_by_tissue_fraction_on_the_slide_mask(mask_and_tiles):
@@ -150,7 +149,15 @@ def test_tile_slide_round_trip_within_a_hundredth_px(slide_path, slide_mpp, tile
         assert np.abs(back - pts).max() < 0.01
         corners = tile_to_slide(tile, [[0, 0], [tile_px, tile_px]])
         np.testing.assert_allclose(corners, [[tile.x0, tile.y0], [tile.x0 + tile.width0, tile.y0 + tile.height0]])
-        assert tile.width0 == pytest.approx(tile_px * target / slide_mpp)
+        assert abs(tile.width0 - tile_px * target / slide_mpp) < 1.0 and float(tile.width0).is_integer()
+    # edge to edge: each row's tiles share their edges, so a level-0 point lies on exactly one tile
+    by_row = {}
+    for tile in tiles:
+        by_row.setdefault(tile.y0, []).append(tile)
+    for row in by_row.values():
+        assert all(a.x0 + a.width0 == b.x0 for a, b in zip(row, row[1:], strict=False))
+    ys = sorted(by_row)
+    assert all(by_row[a][0].y0 + by_row[a][0].height0 == b for a, b in zip(ys, ys[1:], strict=False))
 
 
 def _centres_in_slide(tile: Tile) -> tuple[np.ndarray, np.ndarray]:
@@ -310,3 +317,15 @@ def test_manifest_with_some_tile_columns_is_refused(tmp_path):
            "split": "pool", "bytes": 1, "slide_id": "s"}
     with pytest.raises(TableError, match="but not tile_x0"):
         validate_table("manifest", pa.Table.from_pylist([row]))
+
+
+def test_saturation_and_optical_density_match_their_float64_definitions():
+    from skimage.color import rgb2hsv
+
+    from nucleate.slides.tissue import optical_density, saturation
+
+    image = np.random.default_rng(5).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    image[:4], image[4:8] = 0, 77  # black, gray: saturation 0
+    np.testing.assert_allclose(saturation(image), rgb2hsv(image)[..., 1], atol=1e-6)
+    np.testing.assert_allclose(optical_density(image), -np.log10((image + 1.0) / 256).mean(-1), atol=1e-6)
+    assert saturation(image).dtype == optical_density(image).dtype == np.float32

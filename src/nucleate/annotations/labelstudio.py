@@ -55,7 +55,8 @@ PALETTE = ("#22c55e", "#ef4444", "#3b82f6", "#f59e0b", "#a855f7", "#06b6d4", "#e
 
 
 def labeling_config(labels: Sequence[str]) -> str:
-    """Label Studio labeling config: one zoomable ``Image`` and ``KeyPointLabels`` with one label per entry
+    """Label Studio labeling config: a ``Header`` showing the task's ``name`` (an image's path; for a whole-slide
+    tile ``slide <path> at (x0, y0)``), one zoomable ``Image`` and ``KeyPointLabels`` with one label per entry
     of ``labels`` (params ``labels``: what annotators click, not the teacher's classes).
 
     Hotkeys ``1``, ``2``, ... select ``labels`` in order (Label Studio assigns them by position).
@@ -71,6 +72,7 @@ def labeling_config(labels: Sequence[str]) -> str:
     )
     return (
         "<View>\n"
+        '  <Header value="$name" size="6"/>\n'  # no name attribute: display only, not a data field LS requires
         f'  <Image name="{TO_NAME}" value="${TO_NAME}" zoom="true" zoomControl="true"/>\n'
         f'  <KeyPointLabels name="{FROM_NAME}" toName="{TO_NAME}" strokeWidth="2">\n'
         f"{tags}\n"
@@ -261,7 +263,9 @@ class CollectedPoints:
     @classmethod
     def combine(cls, parts: Sequence[CollectedPoints]) -> CollectedPoints:
         """One result from results of disjoint task sets (e.g. rounds)."""
-        out = cls(points=pa.concat_tables([p.points for p in parts]) if parts else empty_table("points"))
+        # promote: parts with and without the optional slide columns combine (absent values read as null)
+        tables = [p.points for p in parts]
+        out = cls(points=pa.concat_tables(tables, promote_options="default") if tables else empty_table("points"))
         for p in parts:
             for name in ("tasks", "annotated_tasks", "skipped_tasks", "annotations", "cancelled", "superseded"):
                 setattr(out, name, getattr(out, name) + getattr(p, name))

@@ -67,13 +67,13 @@ def content_id(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def image_files(root: str | Path) -> Iterator[Path]:
-    """Files under ``root`` (recursive) with a suffix in :data:`IMAGE_SUFFIXES` (any case), in a deterministic
-    order (sorted names, folder by folder); hidden files and folders are skipped."""
+def image_files(root: str | Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> Iterator[Path]:
+    """Files under ``root`` (recursive) with a suffix in ``suffixes`` (lower case; files match in any case), in a
+    deterministic order (sorted names, folder by folder); hidden files and folders are skipped."""
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+            if not name.startswith(".") and Path(name).suffix.lower() in suffixes:
                 yield Path(dirpath) / name
 
 

@@ -16,6 +16,11 @@ Two keyword arguments beyond the DESIGN signature choose where the k-center stra
 and ``device`` (``auto``/``cpu``/``cuda``, resolved by :func:`nucleate.device.resolve_device`). Every
 backend returns the same picks (see :mod:`nucleate.selection.kcenter`).
 
+Per-group cap: ``groups`` (N,) int64 codes (``-1`` = no group) and ``group_cap`` (>= 1; None or 0 = no cap) keep
+at most ``group_cap`` picks per group (e.g. tiles of one slide in one round), for every strategy
+(:mod:`nucleate.selection.cap`); the result may then hold fewer than ``budget`` rows. Without a cap (or with
+no row in a group) the strategy runs exactly as it would without these arguments.
+
 Memory: pass ``probs`` as a float32 Fortran-ordered array (``np.asfortranarray(p, dtype=np.float32)``)
 and ``pcoreset`` works on it in place with O(N) extra memory; any other layout costs one float32 copy.
 """
@@ -24,8 +29,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from nucleate.selection.cap import GroupCap, check_groups
 from nucleate.selection.kcenter import KCenterResult, kcenter_greedy
-from nucleate.selection.strategies import STRATEGIES, Selection, Strategy, class_quotas, register
+from nucleate.selection.strategies import STRATEGIES, Selection, Strategy, class_quotas, register, select_capped
 from nucleate.selection.validation import (
     PROB_SUM_TOLERANCE,
     check_budget,
@@ -38,6 +44,7 @@ from nucleate.selection.validation import (
 __all__ = [
     "PROB_SUM_TOLERANCE",
     "STRATEGIES",
+    "GroupCap",
     "KCenterResult",
     "Selection",
     "Strategy",
@@ -45,6 +52,7 @@ __all__ = [
     "kcenter_greedy",
     "register",
     "select",
+    "select_capped",
     "select_scored",
 ]
 
@@ -59,6 +67,8 @@ def select_scored(
     features: np.ndarray | None = None,
     backend: str = "numpy",
     device: str | None = None,
+    groups: np.ndarray | None = None,
+    group_cap: int | None = None,
 ) -> Selection:
     """Like :func:`select`, returning a :class:`Selection` (indices plus each pick's score)."""
     try:
@@ -75,6 +85,14 @@ def select_scored(
             raise ValueError(f"strategy {strategy!r} needs features: pass features=(N, F) array, row i = "
                              "the feature vector of probs row i")
         features = check_features(features, n, nonzero=strategy == "coreset")
+    if group_cap is not None and (isinstance(group_cap, bool) or not isinstance(group_cap, int | np.integer)
+                                  or group_cap < 0):
+        raise ValueError(f"group_cap must be an integer >= 1 (None or 0 = no cap), got {group_cap!r}")
+    if group_cap and groups is not None:
+        groups = check_groups(groups, n)
+        if (groups >= 0).any():
+            return select_capped(entry, probs, budget, labeled_rows, seed, features, backend, device,
+                                 groups=groups, cap=int(group_cap))
     return entry.fn(probs, budget, labeled_rows, seed, features, backend, device)
 
 
@@ -88,6 +106,8 @@ def select(
     features: np.ndarray | None = None,
     backend: str = "numpy",
     device: str | None = None,
+    groups: np.ndarray | None = None,
+    group_cap: int | None = None,
 ) -> np.ndarray:
     """Pick ``budget`` unlabeled rows of ``probs`` (N, C) with ``strategy``; int64 row indices in pick order.
 
@@ -96,4 +116,4 @@ def select(
     lowest index; labeled rows are never picked.
     """
     return select_scored(strategy, probs, budget=budget, labeled=labeled, seed=seed, features=features,
-                         backend=backend, device=device).indices
+                         backend=backend, device=device, groups=groups, group_cap=group_cap).indices

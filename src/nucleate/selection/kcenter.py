@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nucleate.device import resolve_device
+from nucleate.selection.cap import GroupCap
 
 __all__ = ["KCenterResult", "kcenter_greedy", "columns_float32", "resolve_backend", "mean_row"]
 
@@ -115,10 +116,14 @@ def kcenter_greedy(
     metric: str = "euclidean",
     backend: str = "numpy",
     device: str | None = None,
+    cap: GroupCap | None = None,
 ) -> KCenterResult:
     """Greedy k-center over the rows of ``points`` (N, D); see the module docstring for the exact rule.
 
     ``labeled`` (sorted unique int64 row indices) are the initial centres and are never picked.
+    ``cap`` (:class:`nucleate.selection.cap.GroupCap`): after each pick, the rows of a group that just reached its cap
+    are masked out of the candidates (not centres); the loop goes on among the rest and stops early (fewer than
+    ``budget`` picks) when none is left. The torch backend then reads each pick on the host (one sync per pick).
     ``metric`` ``cosine`` L2-normalises rows first (1 - cos(x, c) = |x̂ - ĉ|² / 2, the form used here).
     Inputs are assumed validated (see :mod:`nucleate.selection.validation`); ``budget`` <= N - len(labeled).
     """
@@ -129,7 +134,7 @@ def kcenter_greedy(
     centre0 = mean_row(cols) if labeled.size == 0 else None
     name, dev = resolve_backend(backend, device)
     runner = {"numpy": _run_numpy, "numba": _run_numba, "torch": _run_torch}[name]
-    indices, sqdist = runner(cols, int(budget), labeled, centre0, dev)
+    indices, sqdist = runner(cols, int(budget), labeled, centre0, dev, cap)
     dist = sqdist.astype(np.float64)
     dist = dist / 2.0 if metric == "cosine" else np.sqrt(dist)
     return KCenterResult(indices.astype(np.int64), dist)
@@ -152,7 +157,7 @@ def _sqdist_numpy(cols: np.ndarray, centre: np.ndarray, start: int, stop: int,
     return a
 
 
-def _run_numpy(cols, budget, labeled, centre0, _device):
+def _run_numpy(cols, budget, labeled, centre0, _device, cap=None):
     n = cols.shape[1]
     chunk = min(_CHUNK, n)
     acc = np.empty(chunk, np.float32)
@@ -179,21 +184,31 @@ def _run_numpy(cols, budget, labeled, centre0, _device):
         del far
         picks[0], sq[0] = first, np.nan
         mind[first] = -1.0
+        _mask_full(cap, first, mind)
         if budget > 1:
             update(cols[:, first].copy())
     for k in range(0 if centre0 is None else 1, budget):
         best = int(np.argmax(mind))  # first maximum = lowest index among ties
+        if mind[best] < 0:  # only with a cap: every row left is masked out
+            return picks[:k], sq[:k]
         picks[k], sq[k] = best, mind[best]
         mind[best] = -1.0
+        _mask_full(cap, best, mind)
         if k + 1 < budget:
             update(cols[:, best].copy())
     return picks, sq
 
 
+def _mask_full(cap: GroupCap | None, row: int, mind) -> None:
+    """Count the pick ``row`` against ``cap``; when its group is now full, mask the group's rows (mind = -1)."""
+    if cap is not None and (rows := cap.add(row)) is not None:
+        mind[rows] = -1.0
+
+
 # ----------------------------------------------------------------------------------------- numba
 
 
-def _run_numba(cols, budget, labeled, centre0, _device):
+def _run_numba(cols, budget, labeled, centre0, _device, cap=None):
     """Same picks as :func:`_run_numpy`: each pass also returns the argmax of the updated minima.
 
     The kernel's min / max / argmax follow numpy only for non-NaN distances, so the rows are checked to be finite
@@ -213,12 +228,12 @@ def _run_numba(cols, budget, labeled, centre0, _device):
     threads = numba.get_num_threads()  # a per-thread setting: restored below
     numba.set_num_threads(min(threads, -(-n // BLOCK)))
     try:
-        return _numba_passes(cols, budget, labeled, centre0)
+        return _numba_passes(cols, budget, labeled, centre0, cap)
     finally:
         numba.set_num_threads(threads)
 
 
-def _numba_passes(cols, budget, labeled, centre0):
+def _numba_passes(cols, budget, labeled, centre0, cap):
     from nucleate.selection._kcenter_numba import BLOCK, update_argmax
 
     n = cols.shape[1]
@@ -236,13 +251,17 @@ def _numba_passes(cols, budget, labeled, centre0):
         del far
         picks[0], sq[0] = first, np.nan
         mind[first] = -1.0
+        _mask_full(cap, first, mind)
         if budget > 1:
             best = update_argmax(cols, cols[:, first].copy(), mind, BLOCK)
         k0 = 1
     for k in range(k0, budget):
         best = int(best)
+        if mind[best] < 0:  # only with a cap: every row left is masked out
+            return picks[:k], sq[:k]
         picks[k], sq[k] = best, mind[best]
         mind[best] = -1.0
+        _mask_full(cap, best, mind)  # before the pass, so the pass's argmax skips the masked rows
         if k + 1 < budget:
             best = update_argmax(cols, cols[:, best].copy(), mind, BLOCK)
     return picks, sq
@@ -251,7 +270,7 @@ def _numba_passes(cols, budget, labeled, centre0):
 # ----------------------------------------------------------------------------------------- torch
 
 
-def _run_torch(cols, budget, labeled, centre0, device):
+def _run_torch(cols, budget, labeled, centre0, device, cap=None):
     import torch
 
     dev = torch.device(device)
@@ -282,6 +301,10 @@ def _run_torch(cols, budget, labeled, centre0, device):
             view = mind[start:stop]
             torch.minimum(view, sqdist(centre, start, stop), out=view)
 
+    def mask_full(row):
+        if cap is not None and (rows := cap.add(row)) is not None:
+            mind[torch.from_numpy(rows).to(dev)] = -1.0
+
     for row in labeled:
         update(data[:, int(row)].clone())
     picks = torch.empty(budget, dtype=torch.int64, device=dev)
@@ -296,13 +319,17 @@ def _run_torch(cols, budget, labeled, centre0, device):
         del far
         picks[0], sq[0] = first, float("nan")
         mind[first] = -1.0
+        mask_full(int(first))
         if budget > 1:
             update(data[:, first].clone())
-    for k in range(0 if centre0 is None else 1, budget):  # no host synchronisation inside the loop
+    for k in range(0 if centre0 is None else 1, budget):  # no host synchronisation inside the loop (without a cap)
         best = torch.argmax(mind)
+        if cap is not None and float(mind[best]) < 0:  # every row left is masked out
+            return picks[:k].cpu().numpy(), sq[:k].cpu().numpy()
         picks[k] = best
         sq[k] = mind[best]
         mind[best] = -1.0
+        mask_full(None if cap is None else int(best))
         if k + 1 < budget:
             update(data[:, best].clone())
     return picks.cpu().numpy(), sq.cpu().numpy()

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import entr
 
+from nucleate.selection.cap import GroupCap
 from nucleate.selection.kcenter import kcenter_greedy
 
-__all__ = ["Selection", "Strategy", "STRATEGIES", "register"]
+__all__ = ["Selection", "Strategy", "STRATEGIES", "register", "select_capped"]
 
 _CHUNK_ROWS = 65_536
 
@@ -53,25 +54,27 @@ StrategyFn = Callable[..., Selection]
 
 @dataclass(frozen=True)
 class Strategy:
-    """A registered strategy: its function, whether it needs ``features`` and whether ``seed`` matters."""
+    """A registered strategy: its function, whether it needs ``features``, whether ``seed`` matters, and whether
+    it applies a per-group cap itself (``native_cap``: ``fn`` takes ``cap=GroupCap``; see :func:`select_capped`)."""
 
     name: str
     fn: StrategyFn
     needs_features: bool = False
     uses_seed: bool = False
+    native_cap: bool = False
 
 
 STRATEGIES: dict[str, Strategy] = {}
 
 
-def register(name: str, *, needs_features: bool = False, uses_seed: bool = False) -> Callable[[StrategyFn],
-                                                                                              StrategyFn]:
+def register(name: str, *, needs_features: bool = False, uses_seed: bool = False,
+             native_cap: bool = False) -> Callable[[StrategyFn], StrategyFn]:
     """Decorator adding a strategy function to :data:`STRATEGIES` under ``name``."""
 
     def wrap(fn: StrategyFn) -> StrategyFn:
         if name in STRATEGIES:
             raise ValueError(f"selection strategy {name!r} is already registered")
-        STRATEGIES[name] = Strategy(name, fn, needs_features, uses_seed)
+        STRATEGIES[name] = Strategy(name, fn, needs_features, uses_seed, native_cap)
         return fn
 
     return wrap
@@ -99,17 +102,17 @@ def _ranked(name: str, score_name: str, scores: np.ndarray, budget: int, labeled
     return Selection(name, order.astype(np.int64), scores[order], score_name)
 
 
-@register("pcoreset")
-def pcoreset(probs, budget, labeled, seed, features, backend, device) -> Selection:
+@register("pcoreset", native_cap=True)
+def pcoreset(probs, budget, labeled, seed, features, backend, device, cap=None) -> Selection:
     """PCoreSet: greedy k-center in the probability simplex (Euclidean), from the labeled rows."""
-    res = kcenter_greedy(probs, budget, labeled=labeled, metric="euclidean", backend=backend, device=device)
+    res = kcenter_greedy(probs, budget, labeled=labeled, metric="euclidean", backend=backend, device=device, cap=cap)
     return Selection("pcoreset", res.indices, res.min_distance, "min_distance")
 
 
-@register("coreset", needs_features=True)
-def coreset(probs, budget, labeled, seed, features, backend, device) -> Selection:
+@register("coreset", needs_features=True, native_cap=True)
+def coreset(probs, budget, labeled, seed, features, backend, device, cap=None) -> Selection:
     """Core-set (Sener & Savarese): greedy k-center on L2-normalised features, cosine distance."""
-    res = kcenter_greedy(features, budget, labeled=labeled, metric="cosine", backend=backend, device=device)
+    res = kcenter_greedy(features, budget, labeled=labeled, metric="cosine", backend=backend, device=device, cap=cap)
     return Selection("coreset", res.indices, res.min_distance, "min_distance")
 
 
@@ -241,3 +244,55 @@ def badge(probs, budget, labeled, seed, features, backend, device) -> Selection:
         dist[dist < 1e-5 * (g_sq + g_sq[best])] = 0.0
         np.minimum(d2, dist, out=d2)
     return Selection("badge", picks, scores, "badge_distance")
+
+
+def _take_rows(a: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` of ``a`` (N, D), keeping a Fortran layout Fortran (k-center's no-copy input)."""
+    if a.flags.f_contiguous and not a.flags.c_contiguous:
+        return np.take(a.T, rows, axis=1).T
+    return a[rows]
+
+
+def select_capped(entry: Strategy, probs: np.ndarray, budget: int, labeled: np.ndarray, seed: int,
+                  features: np.ndarray | None, backend: str, device: str | None, *, groups: np.ndarray,
+                  cap: int) -> Selection:
+    """Run the registered strategy ``entry`` (validated inputs) with at most ``cap`` (>= 1) picks per group of
+    ``groups`` ((N,) int64, -1 = no group); the rule and how each kind of strategy follows it:
+    :mod:`nucleate.selection.cap`. Returns up to ``budget`` picks in order with their scores."""
+    counter = GroupCap(groups, cap)
+    if entry.native_cap:
+        return entry.fn(probs, budget, labeled, seed, features, backend, device, cap=counter)
+    n = probs.shape[0]
+    taken = np.zeros(n, bool)
+    taken[labeled] = True
+    blocked = np.zeros(n, bool)  # rows of full groups (taken ones stay in the problem as labeled rows)
+    picks: list[int] = []
+    scores: list[float] = []
+    sel = None
+    while len(picks) < budget:
+        if (blocked & ~taken).any():
+            rows = np.flatnonzero(~blocked | taken)
+            sub_probs = _take_rows(probs, rows)
+            sub_feats = None if features is None else _take_rows(features, rows)
+            sub_labeled = np.searchsorted(rows, np.flatnonzero(taken)).astype(np.int64)
+        else:
+            rows, sub_probs, sub_feats, sub_labeled = None, probs, features, np.flatnonzero(taken).astype(np.int64)
+        open_rows = (n if rows is None else rows.size) - sub_labeled.size
+        if open_rows == 0:
+            break
+        sel = entry.fn(sub_probs, min(budget - len(picks), open_rows), sub_labeled, seed, sub_feats, backend, device)
+        overflow = False
+        for i, score in zip((sel.indices if rows is None else rows[sel.indices]).tolist(), sel.scores.tolist(),
+                            strict=True):
+            if counter.is_full(i):  # the strategy's next pick is in a full group: run it again without that group
+                overflow = True
+                break
+            picks.append(i)
+            scores.append(score)
+            taken[i] = True
+            if (full := counter.add(i)) is not None:
+                blocked[full] = True
+        if not overflow:
+            break
+    return Selection(entry.name, np.asarray(picks, np.int64), np.asarray(scores, np.float64),
+                     None if sel is None else sel.score_name)

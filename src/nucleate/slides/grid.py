@@ -13,7 +13,7 @@ from nucleate.config import SlidesParams
 from nucleate.slides.reader import Slide
 from nucleate.slides.tissue import TissueMask
 
-__all__ = ["Tile", "best_level", "tile_grid", "tissue_fractions"]
+__all__ = ["Tile", "best_level", "core_box", "tile_grid", "tissue_fractions"]
 
 
 @dataclass(frozen=True)
@@ -86,8 +86,10 @@ def tissue_fractions(tissue: TissueMask, boxes: np.ndarray) -> np.ndarray:
 
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     h, w = tissue.mask.shape
-    sat = np.zeros((h + 1, w + 1), np.float64)
-    sat[1:, 1:] = tissue.mask.astype(np.float64).cumsum(0).cumsum(1)
+    sat = np.zeros((h + 1, w + 1), np.float64)  # summed-area table, built in place: one mask-sized float array
+    sat[1:, 1:] = tissue.mask
+    np.cumsum(sat, axis=0, out=sat)
+    np.cumsum(sat, axis=1, out=sat)
     sx, sy = tissue.scale
     xa = np.clip(boxes[:, 0] / sx, 0, w)
     xb = np.clip((boxes[:, 0] + boxes[:, 2]) / sx, 0, w)
@@ -105,31 +107,46 @@ def tissue_fractions(tissue: TissueMask, boxes: np.ndarray) -> np.ndarray:
 def tile_grid(slide: Slide, tissue: TissueMask, params: SlidesParams) -> list[Tile]:
     """Tiles of ``params.tile_px`` px at ``params.target_mpp`` µm/px covering the slide, row by row.
 
-    Tiles are laid edge to edge from the level-0 origin; the last column / row may reach past the slide
-    (that part reads as white background). Kept: tiles whose tissue fraction is >= ``tissue_threshold``.
+    Tiles are laid exactly edge to edge from the level-0 origin, with no gap and no overlap: tile ``k`` of a row
+    spans ``[round(k * w), round((k + 1) * w))`` level-0 px for the ideal extent ``w = tile_px * target_mpp /
+    slide mpp``, so its corners are whole level-0 px and its extent ``width0`` differs from ``w`` by less than
+    one level-0 px (its resolution from ``target_mpp`` by less than ``1 / w``). A level-0 point lies on exactly
+    one tile of the grid. The last column / row may reach past the slide (that part reads as white background).
+    Kept: tiles whose tissue fraction is >= ``tissue_threshold``.
     """
-    width0 = params.tile_px * params.target_mpp / slide.mpp[0]
-    height0 = params.tile_px * params.target_mpp / slide.mpp[1]
+    ideal_w = params.tile_px * params.target_mpp / slide.mpp[0]
+    ideal_h = params.tile_px * params.target_mpp / slide.mpp[1]
     w, h = slide.dimensions
-    nx, ny = math.ceil(w / width0 - 1e-9), math.ceil(h / height0 - 1e-9)
-    xs = np.round(np.arange(nx) * width0).astype(np.int64)
-    ys = np.round(np.arange(ny) * height0).astype(np.int64)
-    gx, gy = np.meshgrid(xs, ys)
-    boxes = np.stack([gx.ravel(), gy.ravel(), np.full(gx.size, width0), np.full(gx.size, height0)], axis=1)
+    nx, ny = math.ceil(w / ideal_w - 1e-9), math.ceil(h / ideal_h - 1e-9)
+    xs = np.round(np.arange(nx + 1) * ideal_w).astype(np.int64)  # column edges, level-0 px
+    ys = np.round(np.arange(ny + 1) * ideal_h).astype(np.int64)
+    gx, gy = np.meshgrid(xs[:-1], ys[:-1])
+    gw, gh = np.meshgrid(np.diff(xs), np.diff(ys))
+    boxes = np.stack([gx.ravel(), gy.ravel(), gw.ravel(), gh.ravel()], axis=1)
     fractions = tissue_fractions(tissue, boxes)
-    level = best_level(slide, min(width0, height0) / params.tile_px)
+    level = best_level(slide, min(ideal_w, ideal_h) / params.tile_px)
     return [
         Tile(
             slide_id=slide.slide_id,
             x0=int(x),
             y0=int(y),
-            width0=float(width0),
-            height0=float(height0),
+            width0=float(bw),
+            height0=float(bh),
             tile_px=params.tile_px,
             mpp=params.target_mpp,
             level=level,
             tissue_fraction=float(f),
         )
-        for (x, y, _, _), f in zip(boxes, fractions, strict=True)
+        for (x, y, bw, bh), f in zip(boxes, fractions, strict=True)
         if f >= params.tissue_threshold
     ]
+
+
+def core_box(tile: Tile) -> tuple[int, int, int, int]:
+    """The level-0 box ``(x0, y0, x1, y1)`` (half-open: ``x0 <= x < x1``) a tile of :func:`tile_grid` *owns*.
+
+    The grid's tiles are exactly edge to edge with whole-pixel corners, so this is the tile's own box, and the
+    boxes of a grid partition the plane right of and below the origin: every level-0 point lies in exactly one.
+    Whole-slide prediction keeps a nucleus only in the tile whose core box holds its centre.
+    """
+    return tile.x0, tile.y0, tile.x0 + round(tile.width0), tile.y0 + round(tile.height0)

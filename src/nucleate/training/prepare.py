@@ -63,7 +63,9 @@ def prepare_image(
 class UnlabeledPool:
     """Random crops of pool images for the KD term, read lazily (at most ``cache`` prepared images kept).
 
-    ``paths`` and ``probs`` (N, C_cls) are parallel: an image file and its teacher probabilities.
+    ``paths`` and ``probs`` (N, C_cls) are parallel: an image and its teacher probabilities; ``reader(item)``
+    returns an item's pixels (default: an image file; the train stage passes manifest rows and
+    :func:`nucleate.slides.read_pool_image`, so whole-slide tiles are read from their slide).
     """
 
     def __init__(self, paths: Sequence[Path], probs: np.ndarray, *, scale: float, patch_px: int, cache: int = 64,

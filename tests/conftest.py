@@ -49,6 +49,13 @@ def _shared(tmp_path_factory: pytest.TempPathFactory, name: str, build) -> Path:
         return path
 
 
+def pytest_collection_modifyitems(config, items):
+    """Files with slow tests first (stable otherwise): the two xdist workers start on the long end-to-end files and
+    the many short files fill in behind them, so the run does not end with one worker on a long file alone."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO

@@ -200,14 +200,11 @@ def run(
                     continue
                 if isinstance(result, str):
                     reason = result
-                elif image_id in by_id:
-                    if by_id[image_id] == rel:
+                else:
+                    reason = _known(image_id, rel, by_id, by_path)
+                    if reason is _UNCHANGED:
                         report.unchanged += 1
                         continue
-                    reason = f"duplicate of {by_id[image_id]} (same content)"
-                elif rel in by_path:
-                    reason = (f"content changed since it was ingested as {by_path[rel]}; restore it, "
-                              "or save the new version under a new name")
                 if reason:
                     report.skipped.append((rel, reason))
                     log.warning(f"skipped {rel}: {reason}")
@@ -253,22 +250,33 @@ def _table(old: pa.Table | None, rows: dict[str, list], any_slide: bool) -> pa.T
     return pa.concat_tables([pa.Table.from_arrays(columns, schema=schema), new])
 
 
+_UNCHANGED = "unchanged"  # _known: the file is in the manifest under this path
+
+
+def _known(content: str, rel: str, paths_by_content: dict[str, str], by_path: dict[str, str]) -> str | None:
+    """What the manifest already says of the file ``rel`` with content id ``content``: :data:`_UNCHANGED` (the same
+    file), a reason to skip it (a duplicate of another file, or new content under a known path), or None (new)."""
+    if content in paths_by_content:
+        if paths_by_content[content] == rel:
+            return _UNCHANGED
+        return f"duplicate of {paths_by_content[content]} (same content)"
+    if rel in by_path:
+        return (f"content changed since it was ingested as {by_path[rel]}; restore it, "
+                "or save the new version under a new name")
+    return None
+
+
 def _ingest_slide(path: Path, rel: str, slide_id: str, split: str, params: SlidesParams, rows: dict[str, list],
                   by_path: dict[str, str], slide_paths: dict[str, str], report: IngestReport,
                   log: logging.Logger) -> None:
     """Append the tile rows of the slide at ``path`` (``rel`` under the folder, content id ``slide_id``) unless it
     is in the manifest already; a slide that cannot be used goes to ``report.skipped`` (one line)."""
     tiles: list[Tile] = []
-    reason = None
-    if slide_id in slide_paths:
-        if slide_paths[slide_id] == rel:
-            report.slides_unchanged += 1
-            return
-        reason = f"duplicate of {slide_paths[slide_id]} (same content)"
-    elif rel in by_path:
-        reason = (f"content changed since it was ingested as {by_path[rel]}; restore it, "
-                  "or save the new version under a new name")
-    else:
+    reason = _known(slide_id, rel, slide_paths, by_path)
+    if reason is _UNCHANGED:
+        report.slides_unchanged += 1
+        return
+    if reason is None:
         try:
             tiles = _tiles(path, slide_id, params)
         except SlideError as exc:

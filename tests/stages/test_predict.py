@@ -6,20 +6,16 @@ import shutil
 import numpy as np
 import pytest
 import tifffile
-import torch
+from students import save_random_student
 from typer.testing import CliRunner
 
 from flows.cli import app
 from nucleate.config import PredictParams
 from nucleate.io import content_id, read_image, read_table, table_metadata, write_image
-from nucleate.models import build_student, save_model
 from tasks import predict
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-SMALL = dict(width=8, depths=(1, 1, 1, 1), decoder_channels=(16, 16, 8, 8, 8), heatmap_channels=(8, 8, 8, 8, 4))
-EXTRA = {"classes": ["nucleus", "micronucleus", "background"], "nucleus_radius_px": 10.0,
-         "data_nucleus_radius_px": 10.0, "heatmap_trained": True, "supervision": "donuseg", "round": 2}
 PARAMS = PredictParams(window_px=64, device="cpu")  # windows smaller than two of the images
 
 
@@ -27,14 +23,7 @@ PARAMS = PredictParams(window_px=64, device="cpu")  # windows smaller than two o
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    model = build_student("resnet", 3, **SMALL).eval()
-    with torch.no_grad():  # sharper random maps: some foreground, some background
-        model.seg_head.weight.mul_(30)
-        model.heat_head.weight.mul_(30)
-    out = tmp_path_factory.mktemp("model") / "model"
-    save_model(out, model, extra=EXTRA)
-    return out
+    return save_random_student(tmp_path_factory.mktemp("model") / "model", nucleus_radius_px=10.0, round=2)
 
 
 @pytest.fixture(scope="module")

@@ -7,37 +7,26 @@ import json
 import numpy as np
 import pytest
 import tifffile
-import torch
 import yaml
+from students import save_random_student
 from typer.testing import CliRunner
 
 from flows.cli import app
 from nucleate.config import SlidesParams
 from nucleate.io import content_id, read_table, table_metadata, write_image
-from nucleate.models import build_student, save_model
 from nucleate.slides import core_box, open_slide, slide_to_tile, tile_grid, tissue_mask
 from tests.core.test_slides import write_slide
 from tests.core.test_slides_stitch import MPP, disk_centres, disks
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-SMALL = dict(width=8, depths=(1, 1, 1, 1), decoder_channels=(16, 16, 8, 8, 8), heatmap_channels=(8, 8, 8, 8, 4))
-EXTRA = {"classes": ["nucleus", "micronucleus", "background"], "nucleus_radius_px": 6.0,
-         "data_nucleus_radius_px": 6.0, "heatmap_trained": True, "supervision": "donuseg", "round": 1}
 SLIDES = {"target_mpp": 0.5, "tile_px": 128, "tissue_threshold": 0.1, "min_object_um2": 100.0,
           "min_hole_um2": 100.0, "predict_overlap_px": 32}
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    model = build_student("resnet", 3, **SMALL).eval()
-    with torch.no_grad():  # sharper random maps: some foreground, some background
-        model.seg_head.weight.mul_(30)
-        model.heat_head.weight.mul_(30)
-    out = tmp_path_factory.mktemp("model") / "model"
-    save_model(out, model, extra=EXTRA)
-    return out
+    return save_random_student(tmp_path_factory.mktemp("model") / "model", nucleus_radius_px=6.0, round=1)
 
 
 @pytest.fixture(scope="module")

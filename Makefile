@@ -59,10 +59,11 @@ demo: setup
 	$(VENV)/bin/nucleate demo $(DEMO_ARGS)
 
 # pytest exits 5 when no test ran: that is a failure here. Two pytest-xdist workers, whole files each (a file's
-# servers start once); TEST_WORKERS=0 runs in one process.
+# servers start once), in collection order (tests/conftest.py puts the files with slow tests first); TEST_WORKERS=0
+# runs in one process.
 TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile; rc=$$?; if [ $$rc -eq 5 ]; then echo "error: no tests ran" >&2; exit 1; fi; exit $$rc
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder; rc=$$?; if [ $$rc -eq 5 ]; then echo "error: no tests ran" >&2; exit 1; fi; exit $$rc
 
 lint: setup
 	$(VENV)/bin/ruff check src tasks flows tests benchmarks

@@ -31,6 +31,7 @@ import contextlib
 import json
 import logging
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,12 +41,12 @@ import typer
 from nucleate.annotations.agreement import agreement, consensus_table
 from nucleate.annotations.labelstudio import CollectedPoints, collect_points, task_finished
 from nucleate.config import LabelStudioParams
-from nucleate.io import LAYOUT, atomic_path, read_table, write_table
+from nucleate.io import LAYOUT, JsonStreamError, atomic_path, iter_json_array, read_table, write_table
 from nucleate.io.layout import MissingInput, produced_by
 from nucleate.slides import slide_points
 from tasks._stage import Report, StageError, load_params_or_exit, logger, run_alone, stage_errors
 
-__all__ = ["PointsReport", "read_round", "round_folders", "run", "command", "main"]
+__all__ = ["PointsReport", "iter_round_tasks", "read_round", "read_server", "round_folders", "run", "command", "main"]
 
 _ROUND = re.compile(r"round-(\d{3,})")
 
@@ -89,11 +90,11 @@ def round_folders(annotations: str | Path) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
-def read_round(folder: str | Path, n: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """(tasks of ``folder/export.json``, ``folder/server.json`` or {}) of round ``n``'s saved folder.
+def iter_round_tasks(folder: str | Path, n: int) -> Iterator[dict[str, Any]]:
+    """The tasks of round ``n``'s ``folder/export.json``, one at a time (memory: one task, not the round).
 
     Raises :class:`tasks._stage.StageError` (one line naming the file and ``nucleate ls pull --round n``) when
-    ``export.json`` is missing, not JSON or not a list.
+    ``export.json`` is missing, not JSON or not a list; tasks before the bad spot have been yielded.
     """
     folder = Path(folder)
     export = folder / "export.json"
@@ -101,21 +102,30 @@ def read_round(folder: str | Path, n: int) -> tuple[list[dict[str, Any]], dict[s
         raise StageError(f"{folder}: incomplete round folder (no export.json); save it again with "
                          f"`nucleate ls pull --round {n}`")
     try:
-        tasks = json.loads(export.read_bytes())
-    except ValueError as exc:
-        raise StageError(f"{export}: not valid JSON ({exc}); save it again with `nucleate ls pull --round {n}`") \
-            from None
-    if not isinstance(tasks, list):
-        raise StageError(f"{export}: expected a JSON list of Label Studio tasks, got {type(tasks).__name__}")
-    server: dict[str, Any] = {}
+        yield from iter_json_array(export)
+    except JsonStreamError as exc:
+        raise StageError(f"{export}: not a valid Label Studio export ({exc}); save it again with "
+                         f"`nucleate ls pull --round {n}`") from None
+
+
+def read_server(folder: str | Path) -> dict[str, Any]:
+    """``folder/server.json`` (annotator names, deleted tasks, the server's version), or {} when absent or bad."""
     with contextlib.suppress(OSError, ValueError):
-        loaded = json.loads((folder / "server.json").read_text())
-        server = loaded if isinstance(loaded, dict) else {}
-    return tasks, server
+        loaded = json.loads((Path(folder) / "server.json").read_text())
+        return loaded if isinstance(loaded, dict) else {}
+    return {}
 
 
-def _check_tasks(tasks: list[dict[str, Any]], export: Path, n: int, images: set[str], manifest: Path) -> None:
-    """Every task is a dict of round ``n`` whose ``image_id`` is in the manifest; else one line naming it."""
+def read_round(folder: str | Path, n: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(tasks of ``folder/export.json`` as a list, ``folder/server.json`` or {}) of round ``n``'s saved folder;
+    errors as :func:`iter_round_tasks`."""
+    return list(iter_round_tasks(folder, n)), read_server(folder)
+
+
+def _checked(tasks: Iterable[Any], export: Path, n: int, images: set[str], manifest: Path,
+             finished: set[str]) -> Iterator[dict[str, Any]]:
+    """The tasks, each checked to be a dict of round ``n`` whose ``image_id`` is in the manifest (else one line
+    naming it); the ``image_id`` of every finished task goes into ``finished``."""
     for k, t in enumerate(tasks):
         data = t.get("data") if isinstance(t, dict) else None
         if not isinstance(data, dict) or "id" not in t:
@@ -128,6 +138,9 @@ def _check_tasks(tasks: list[dict[str, Any]], export: Path, n: int, images: set[
         if int(data.get("round", n)) != n:
             raise StageError(f"{export}: task {t['id']} belongs to round {data.get('round')}, not {n}; save the "
                              f"rounds again with `nucleate ls pull`")
+        if task_finished(t):
+            finished.add(str(image_id))
+        yield t
 
 
 def _agreement_summary(result: CollectedPoints, labelstudio: LabelStudioParams) -> dict[str, Any]:
@@ -163,10 +176,11 @@ def run(
     result = PointsReport(out, consensus, report)
     parts: list[CollectedPoints] = []
     for n, folder in folders.items():  # one round's export in memory at a time; nothing is written before the end
-        tasks, server = read_round(folder, n)
-        _check_tasks(tasks, folder / "export.json", n, images, manifest)
+        server = read_server(folder)
         users = {int(k): str(v) for k, v in (server.get("annotators") or {}).items()}
-        part = collect_points(tasks, labels=labels, users=users, default_round=n)
+        finished_ids: set[str] = set()
+        tasks = _checked(iter_round_tasks(folder, n), folder / "export.json", n, images, manifest, finished_ids)
+        part = collect_points(tasks, labels=labels, users=users, default_round=n)  # one task in memory at a time
         deleted = [d.get("image_id") for d in server.get("deleted_tasks") or [] if isinstance(d, dict)]
         finished = part.annotated_tasks + part.skipped_tasks
         result.rounds[n] = {
@@ -177,7 +191,7 @@ def run(
             "points": part.points.num_rows, "rejected_points": len(part.rejected),
             "rejected": [r.line() for r in part.rejected], "deleted_tasks": len(deleted), "deleted": deleted,
             # annotated (even with no point: an image without nuclei) or skipped: `select` never picks these again
-            "finished_image_ids": sorted({str(t["data"]["image_id"]) for t in tasks if task_finished(t)}),
+            "finished_image_ids": sorted(finished_ids),
             "agreement": _agreement_summary(part, labelstudio),
         }
         parts.append(part)

@@ -131,6 +131,22 @@ def test_a_task_whose_image_is_not_in_the_manifest_names_the_round_folder_and_ta
     assert f"{kw['annotations'] / 'round-003' / 'export.json'}: task 9: image_id 'img-unknown' is not in" in out
 
 
+@pytest.mark.parametrize(("cut", "says"), [(-30, "not a valid Label Studio export (element 1: "),
+                                          (None, "expected a JSON list, got an object")])
+def test_a_truncated_or_wrong_export_is_one_line_and_writes_nothing(tree, tmp_path, cut, says):
+    """The export is read task by task (bounded memory), so a bad spot late in the file is found mid-conversion:
+    still one line naming the file and the pull that fixes it, and nothing written."""
+    kw, _ = tree
+    folder = _save(kw["annotations"], 3, [_task(20, "img-c", 3, []), _task(21, "img-a", 3, [])])
+    export = folder / "export.json"
+    text = export.read_text()
+    export.write_text(text[:cut] if cut else json.dumps({"tasks": json.loads(text)}))
+    code, out = _cli(kw, tmp_path, kw["annotations"])
+    assert code == 1 and len(out.strip().splitlines()) == 1, out
+    assert out.startswith(f"error: {export}: ") and says in out and "`nucleate ls pull --round 3`" in out
+    assert not kw["out"].exists() and not kw["report"].exists()
+
+
 def test_outputs_are_written_all_or_nothing(tree, monkeypatch):
     kw, _ = tree
     stage.run(LabelStudioParams(), LABELS, **kw)

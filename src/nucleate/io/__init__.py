@@ -13,6 +13,7 @@ from nucleate.io.images import (
     write_image,
     write_labels,
 )
+from nucleate.io.jsonstream import JsonStreamError, iter_json_array
 from nucleate.io.layout import LAYOUT, Layout, MissingInput
 from nucleate.io.tables import (
     ORIGINS,
@@ -39,6 +40,7 @@ __all__ = [
     "SPLITS",
     "TILE_FIELDS",
     "ImageError",
+    "JsonStreamError",
     "LAYOUT",
     "Layout",
     "MissingInput",
@@ -51,6 +53,7 @@ __all__ = [
     "empty_table",
     "find_labels",
     "image_files",
+    "iter_json_array",
     "probs_array",
     "probs_table",
     "read_image",

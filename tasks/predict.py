@@ -468,18 +468,12 @@ def _predict_slide(where: Mapper, spec: PredictSpec, params: SlidesParams, path:
 
 
 def _split_slides(root: Path) -> tuple[list[Path], list[Path]]:
-    """``(images, slides)`` under ``root``: the :func:`nucleate.io.image_files` that are not slides, and the slides
-    (pyramidal TIFFs among them, plus :data:`nucleate.slides.SLIDE_SUFFIXES` files; sorted, hidden ones skipped)."""
-    import os
-
+    """``(images, slides)`` under ``root`` in one walk (:func:`nucleate.io.image_files` with the slide suffixes too,
+    as ingest scans): the files that are not slides, and the slides (pyramidal TIFFs among them, plus
+    :data:`nucleate.slides.SLIDE_SUFFIXES` files; sorted, hidden ones skipped)."""
     images, slides = [], []
-    for path in image_files(root):
+    for path in image_files(root, IMAGE_SUFFIXES + SLIDE_SUFFIXES):
         (slides if is_slide_file(path) else images).append(path)
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        slides += [Path(dirpath) / name for name in filenames
-                   if not name.startswith(".") and Path(name).suffix.lower() in SLIDE_SUFFIXES
-                   and Path(name).suffix.lower() not in IMAGE_SUFFIXES]
     return images, sorted(slides)
 
 

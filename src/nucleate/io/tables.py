@@ -220,8 +220,16 @@ def validate_table(kind: str, table: pa.Table, source: str = "<table>") -> pa.Ta
     original metadata. Raises :class:`TableError` naming ``source``, the column and the first bad row.
     """
     schema = _kind_schema(kind)
+    wanted = list(schema)
+    optional = _OPTIONAL.get(kind)
+    if optional is not None and any(name in table.column_names for name in optional.names):
+        missing = [name for name in optional.names if name not in table.column_names]
+        if missing:
+            raise TableError(f"{source}: {kind} table has some of the optional columns {', '.join(optional.names)} "
+                             f"but not {', '.join(missing)}; give all of them or none")
+        wanted += list(optional)  # cast and placed like the schema's own (all nullable)
     columns, fields = [], []
-    for f in schema:
+    for f in wanted:
         if f.name not in table.column_names:
             raise TableError(
                 f"{source}: {kind} table is missing column '{f.name}' ({f.type}); "
@@ -240,21 +248,6 @@ def validate_table(kind: str, table: pa.Table, source: str = "<table>") -> pa.Ta
             raise TableError(f"{source}: column '{f.name}' is empty (null) at row {row}; it is required")
         columns.append(col)
         fields.append(f)
-    optional = _OPTIONAL.get(kind)
-    if optional is not None and any(name in table.column_names for name in optional.names):
-        missing = [name for name in optional.names if name not in table.column_names]
-        if missing:
-            raise TableError(f"{source}: {kind} table has some of the optional columns {', '.join(optional.names)} "
-                             f"but not {', '.join(missing)}; give all of them or none")
-        for f in optional:
-            col = table.column(f.name)
-            if col.type != f.type:
-                try:
-                    col = col.cast(f.type, safe=True)
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                    raise TableError(f"{source}: column '{f.name}' has type {col.type}, expected {f.type}") from None
-            columns.append(col)
-            fields.append(f)
     taken = {f.name for f in fields}
     for name in table.column_names:
         if name not in taken:
